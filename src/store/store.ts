@@ -1,0 +1,144 @@
+/**
+ * The store contract shared by the in-memory and Redis stores.
+ *
+ * Policies (pure) turn a request into ordered operations; a store applies them atomically in one
+ * round trip with its own clock (Redis TIME when Redis is used). Keys are logical names built by
+ * the policies; a Redis Cluster hash tag (`{...}`) inside a key decides its slot, and every key of
+ * an atomic decision carries the same tag. Stores prepend their own namespace prefix.
+ *
+ * Sliding windows (contract §6): a window of length W is kept as BUCKETS sub-buckets of W/BUCKETS.
+ * A check counts the current bucket and the BUCKETS before it, a superset of every rolling window
+ * ending now, so admitted units never exceed the limit in any rolling window of length W, while a
+ * steady saturating load gets BUCKETS/(BUCKETS+1) of the limit.
+ */
+
+export const WINDOW_BUCKETS = 100;
+
+/** A sliding-window limit: `cost` units are added when the decision admits. */
+export interface WindowOp {
+  kind: 'window';
+  key: string;
+  /** Units allowed in any rolling window of windowMs. */
+  limit: number;
+  windowMs: number;
+  /** Units this decision adds when admitted; 0 checks without counting. */
+  cost: number;
+  /** Shadow mode: state is reported and counted, but the op never denies. */
+  shadow?: boolean;
+}
+
+/** A concurrency limit: a slot per request id, held until released or its lease expires. */
+export interface SlotOp {
+  kind: 'slot';
+  key: string;
+  limit: number;
+  leaseMs: number;
+  /** Where lease expiries found while checking are counted (a window key of expiredWindowMs). */
+  expiredKey?: string;
+  expiredWindowMs?: number;
+}
+
+/** A calendar budget (monthly tokens, spend): denied once used >= limit. Only settle adds to it. */
+export interface BudgetOp {
+  kind: 'budget';
+  key: string;
+  limit: number;
+  /** End of the budget's period, Unix ms (for reset and Retry-After). */
+  periodEndMs: number;
+}
+
+export type Op = WindowOp | SlotOp | BudgetOp;
+
+export interface Decision {
+  /** Checked in this order. */
+  ops: Op[];
+  /**
+   * true: all ops pass or nothing is consumed; the first failing op (in order, shadow ops
+   * excluded) decides. false (generic domains): each window op counts on its own when it fits.
+   */
+  atomic: boolean;
+  /** Required when ops hold slots or reserve units that settle/release must find later. */
+  reservation?: Reservation;
+  /** Read state only; consume nothing. */
+  dryRun?: boolean;
+}
+
+export interface Reservation {
+  requestId: string;
+  /** Where the admission records what it reserved (window amounts, slots, admission time). */
+  key: string;
+  ttlMs: number;
+}
+
+export interface OpState {
+  ok: boolean;
+  /** Units (or active slots, or period usage) after the decision. */
+  used: number;
+  /** max(0, limit - used). */
+  remaining: number;
+  /** Ms until the whole limit is available again (windows: last counted bucket leaves; budgets: period end). */
+  resetMs: number;
+  /**
+   * When !ok: ms until this op would admit the same cost again; -1 when it never can
+   * (cost above limit). 0 when ok.
+   */
+  retryMs: number;
+}
+
+export interface DecisionResult {
+  admitted: boolean;
+  /** Index of the op that denied an atomic decision, else -1. */
+  denied: number;
+  /** One per op, in order. */
+  states: OpState[];
+  /** The store clock at the decision, Unix ms. */
+  nowMs: number;
+  /** Slot leases found expired (and freed) during this decision. */
+  expiredLeases: number;
+}
+
+/** Post-response settlement of an admitted (or unknown) request: contract §3. */
+export interface Settle {
+  requestId: string;
+  /** The admission's reservation key (as in Decision.reservation.key). */
+  reservationKey: string;
+  /** Marker making the settle idempotent; kept onceTtlMs. */
+  onceKey: string;
+  onceTtlMs: number;
+  /**
+   * Actual units per window. When the admission reserved in that window and its bucket is still
+   * counted, actual - reserved is added to the admission's bucket; otherwise actual is added now.
+   */
+  windows: { key: string; windowMs: number; limit: number; amount: number }[];
+  /** Calendar counters (monthly tokens, spend) incremented by amount; expire ttlMs after now. */
+  counters: { key: string; amount: number; ttlMs: number; limit: number; periodEndMs: number }[];
+  /** Free the admission's slots and forget the reservation. */
+  release: boolean;
+}
+
+export interface SettleResult {
+  /** onceKey was already set: nothing was applied. */
+  duplicate: boolean;
+  /** A reservation was found for the request id. */
+  reserved: boolean;
+  windows: OpState[];
+  counters: OpState[];
+  nowMs: number;
+}
+
+/** Thrown by a store whose backend cannot be reached in time. */
+export class StoreUnavailableError extends Error {
+  override name = 'StoreUnavailableError';
+}
+
+export interface LimiterStore {
+  /** The store's clock, Unix ms (Redis: local clock corrected by the measured offset to TIME). */
+  now(): number;
+  decide(decision: Decision): Promise<DecisionResult>;
+  settle(settle: Settle): Promise<SettleResult>;
+  /** Free the reservation's slots; false when none was held. Reserved window units stay counted. */
+  release(reservationKey: string): Promise<boolean>;
+  /** true while the backend answers. */
+  healthy(): boolean;
+  close(): Promise<void>;
+}

@@ -1,0 +1,44 @@
+import type { DescMessage, DescMethod, DescService, MessageShape } from '@bufbuild/protobuf';
+import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
+
+/** What a handler sees of a call, the same on gRPC and Connect. */
+export interface CallContext {
+  /** Request headers / metadata, lower-case names. */
+  headers: Headers;
+  signal: AbortSignal;
+  /** Transport and remote address, for logs. */
+  peer: string;
+}
+
+type Handler<M> = M extends { methodKind: 'unary'; input: infer I; output: infer O }
+  ? I extends DescMessage
+    ? O extends DescMessage
+      ? (req: MessageShape<I>, ctx: CallContext) => Promise<MessageShape<O>>
+      : never
+    : never
+  : M extends { methodKind: 'server_streaming'; input: infer I; output: infer O }
+    ? I extends DescMessage
+      ? O extends DescMessage
+        ? (req: MessageShape<I>, ctx: CallContext) => AsyncIterable<MessageShape<O>>
+        : never
+      : never
+    : never;
+
+/** One handler object per service, written once and mounted on both transports. */
+export type ServiceImpl<S> = S extends GenService<infer T extends GenServiceMethods>
+  ? { [K in keyof T]: Handler<T[K]> }
+  : never;
+
+export interface ServiceBinding {
+  service: DescService;
+  // biome-ignore lint/suspicious/noExplicitAny: the transports look methods up by localName at runtime.
+  impl: Record<string, (req: any, ctx: CallContext) => any>;
+}
+
+/** Ties a generated service to its handlers with full type checking. */
+export const bind = <S extends GenService<GenServiceMethods>>(service: S, impl: ServiceImpl<S>): ServiceBinding => ({
+  service,
+  impl: impl as ServiceBinding['impl'],
+});
+
+export type MethodOf = DescMethod;
