@@ -1,4 +1,4 @@
-import type { DescMessage, DescMethod, DescService, MessageShape } from '@bufbuild/protobuf';
+import type { DescMessage, DescService, MessageShape } from '@bufbuild/protobuf';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 
 /** What a handler sees of a call, the same on gRPC and Connect. */
@@ -25,20 +25,20 @@ type Handler<M> = M extends { methodKind: 'unary'; input: infer I; output: infer
     : never;
 
 /** One handler object per service, written once and mounted on both transports. */
-export type ServiceImpl<S> = S extends GenService<infer T extends GenServiceMethods>
-  ? { [K in keyof T]: Handler<T[K]> }
-  : never;
+export type ServiceImpl<S> =
+  S extends GenService<infer T extends GenServiceMethods> ? { [K in keyof T]: Handler<T[K]> } : never;
 
 export interface ServiceBinding {
   service: DescService;
+  /** Runs before every method of the service; throws RkError('UNAUTHENTICATED') to refuse the call. */
+  auth?: (ctx: CallContext) => void;
   // biome-ignore lint/suspicious/noExplicitAny: the transports look methods up by localName at runtime.
   impl: Record<string, (req: any, ctx: CallContext) => any>;
 }
 
 /** Ties a generated service to its handlers with full type checking. */
-export const bind = <S extends GenService<GenServiceMethods>>(service: S, impl: ServiceImpl<S>): ServiceBinding => ({
-  service,
-  impl: impl as ServiceBinding['impl'],
-});
-
-export type MethodOf = DescMethod;
+export const bind = <S extends GenService<GenServiceMethods>>(
+  service: S,
+  impl: ServiceImpl<S>,
+  auth?: (ctx: CallContext) => void,
+): ServiceBinding => ({ service, impl: impl as ServiceBinding['impl'], ...(auth ? { auth } : {}) });
