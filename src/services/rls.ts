@@ -1,0 +1,84 @@
+import { create } from '@bufbuild/protobuf';
+import type { RateLimitDescriptor } from '../../gen/envoy/extensions/common/ratelimit/v3/ratelimit_pb.js';
+import {
+  type RateLimitRequest,
+  type RateLimitResponse,
+  RateLimitResponse_Code,
+  RateLimitResponse_DescriptorStatusSchema,
+  RateLimitResponseSchema,
+  RateLimitService,
+} from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import { RateLimitUnitSchema } from '../../gen/envoy/type/v3/ratelimit_unit_pb.js';
+import { invalid } from '../errors.js';
+import { rlsDecisions, rlsDuration, UNKNOWN_DOMAIN } from '../metrics.js';
+import { bind, type ServiceBinding } from '../transport/types.js';
+import type { Deps } from './deps.js';
+
+/** Envoy sends a handful; far more is a misconfiguration or abuse, refused before any work. */
+export const MAX_DESCRIPTORS = 64;
+export const MAX_ENTRIES = 64;
+/** Far above any real per-request cost (tokens included); larger values are bugs or overflow. */
+export const MAX_HITS_ADDEND = 1_000_000_000;
+
+const UNITS = new Set(RateLimitUnitSchema.values.map((v) => v.number));
+
+const validateDescriptor = (d: RateLimitDescriptor, i: number): void => {
+  const at = `descriptors[${i}]`;
+  if (d.entries.length === 0) throw invalid(`${at}.entries`, 'a descriptor needs at least one entry');
+  if (d.entries.length > MAX_ENTRIES) {
+    throw invalid(`${at}.entries`, `at most ${MAX_ENTRIES} entries, got ${d.entries.length}`);
+  }
+  d.entries.forEach((e, j) => {
+    if (e.key === '') throw invalid(`${at}.entries[${j}].key`, 'must not be empty');
+    if (e.value === '') throw invalid(`${at}.entries[${j}].value`, 'must not be empty');
+  });
+  if (d.hitsAddend !== undefined && d.hitsAddend > BigInt(MAX_HITS_ADDEND)) {
+    throw invalid(`${at}.hits_addend`, `at most ${MAX_HITS_ADDEND}, got ${d.hitsAddend}`);
+  }
+  if (d.limit && !UNITS.has(d.limit.unit)) {
+    throw invalid(`${at}.limit.unit`, `unknown unit ${d.limit.unit}`);
+  }
+};
+
+/** Refuses malformed requests with INVALID_ARGUMENT naming the field (contract §8). */
+export const validate = (req: RateLimitRequest): void => {
+  if (req.domain === '') throw invalid('domain', 'must not be empty');
+  if (req.descriptors.length === 0) throw invalid('descriptors', 'at least one descriptor is required');
+  if (req.descriptors.length > MAX_DESCRIPTORS) {
+    throw invalid('descriptors', `at most ${MAX_DESCRIPTORS} descriptors, got ${req.descriptors.length}`);
+  }
+  if (req.hitsAddend > MAX_HITS_ADDEND) {
+    throw invalid('hits_addend', `at most ${MAX_HITS_ADDEND}, got ${req.hitsAddend}`);
+  }
+  req.descriptors.forEach(validateDescriptor);
+};
+
+/** A domain nobody configured limits nothing: every descriptor is OK with no limit, as in envoyproxy/ratelimit. */
+const unlimited = (req: RateLimitRequest): RateLimitResponse =>
+  create(RateLimitResponseSchema, {
+    overallCode: RateLimitResponse_Code.OK,
+    statuses: req.descriptors.map(() =>
+      create(RateLimitResponse_DescriptorStatusSchema, { code: RateLimitResponse_Code.OK }),
+    ),
+  });
+
+const CODE_LABEL: Record<RateLimitResponse_Code, string> = {
+  [RateLimitResponse_Code.UNKNOWN]: 'UNKNOWN',
+  [RateLimitResponse_Code.OK]: 'OK',
+  [RateLimitResponse_Code.OVER_LIMIT]: 'OVER_LIMIT',
+};
+
+export const rlsBinding = (deps: Deps): ServiceBinding =>
+  bind(RateLimitService, {
+    async shouldRateLimit(req) {
+      validate(req);
+      const started = process.hrtime.bigint();
+      const config = deps.config();
+      const known = config.domains.has(req.domain) || config.inference?.domain === req.domain;
+      const domain = known ? req.domain : UNKNOWN_DOMAIN;
+      const res = unlimited(req);
+      rlsDecisions.inc({ domain, code: CODE_LABEL[res.overallCode] });
+      rlsDuration.observe({ domain }, Number(process.hrtime.bigint() - started) / 1e9);
+      return res;
+    },
+  });

@@ -1,0 +1,193 @@
+import { type DescMethod, type DescService, fromBinary, type Message, toBinary } from '@bufbuild/protobuf';
+import {
+  type MethodDefinition,
+  Server,
+  ServerCredentials,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type ServiceDefinition,
+  type sendUnaryData,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import type { Logger } from '../log.js';
+import type { Health } from './health.js';
+import { addReflection } from './reflection.js';
+import { failure, toGrpcError } from './status.js';
+import type { CallContext, ServiceBinding } from './types.js';
+
+/**
+ * channelz bookkeeping costs on every call and nobody reads it here; the rest keeps idle Envoy
+ * connections healthy without letting a client ping abusively.
+ */
+const SERVER_OPTIONS = {
+  'grpc.enable_channelz': 0,
+  'grpc.keepalive_time_ms': 60_000,
+  'grpc.keepalive_timeout_ms': 20_000,
+  'grpc.keepalive_permit_without_calls': 1,
+  'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+};
+
+const asBuffer = (u8: Uint8Array): Buffer => Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
+
+/** A grpc-js service definition whose (de)serializers are the protobuf-es generated types. */
+export const grpcServiceDefinition = (service: DescService): ServiceDefinition => {
+  const def: Record<string, MethodDefinition<unknown, unknown>> = {};
+  for (const m of service.methods) {
+    if (m.methodKind !== 'unary' && m.methodKind !== 'server_streaming') {
+      throw new Error(`${service.typeName}/${m.name}: ${m.methodKind} methods are not supported`);
+    }
+    def[m.localName] = {
+      path: `/${service.typeName}/${m.name}`,
+      requestStream: false,
+      responseStream: m.methodKind === 'server_streaming',
+      originalName: m.localName,
+      requestSerialize: (msg) => asBuffer(toBinary(m.input, msg as Message)),
+      requestDeserialize: (buf) => fromBinary(m.input, buf),
+      responseSerialize: (msg) => asBuffer(toBinary(m.output, msg as Message)),
+      responseDeserialize: (buf) => fromBinary(m.output, buf),
+    };
+  }
+  return def;
+};
+
+/** Built lazily: most RLS calls read neither headers nor the signal, and this is the hot path. */
+type SurfaceCall = ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>;
+
+class GrpcCallContext implements CallContext {
+  #headers?: Headers;
+  #abort?: AbortController;
+  constructor(private readonly call: SurfaceCall) {}
+
+  get headers(): Headers {
+    if (!this.#headers) {
+      const h = new Headers();
+      for (const [k, v] of Object.entries(this.call.metadata.getMap())) {
+        // Binary (-bin) metadata is passed on base64-encoded, as it travels on the wire.
+        h.append(k, typeof v === 'string' ? v : (v as Buffer).toString('base64'));
+      }
+      this.#headers = h;
+    }
+    return this.#headers;
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  get controller(): AbortController {
+    if (!this.#abort) {
+      const ac = new AbortController();
+      this.#abort = ac;
+      if (this.call.cancelled) ac.abort();
+      else this.call.once('cancelled', () => ac.abort());
+    }
+    return this.#abort;
+  }
+
+  get peer(): string {
+    return `grpc ${this.call.getPeer()}`;
+  }
+}
+
+export interface GrpcTransport {
+  port: number;
+  /** Stops accepting, ends streams, waits for in-flight calls up to drainMs, then cuts the rest. */
+  shutdown(drainMs: number): Promise<void>;
+}
+
+export interface GrpcOptions {
+  bindings: ServiceBinding[];
+  health: Health;
+  log: Logger;
+  host: string;
+  port: number;
+}
+
+export const startGrpc = async (opts: GrpcOptions): Promise<GrpcTransport> => {
+  const { log } = opts;
+  const server = new Server(SERVER_OPTIONS);
+  const streams = new Set<GrpcCallContext>();
+
+  const unary =
+    (binding: ServiceBinding, m: DescMethod) =>
+    (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>): void => {
+      const fn = binding.impl[m.localName];
+      const ctx = new GrpcCallContext(call);
+      let result: Promise<unknown>;
+      try {
+        binding.auth?.(ctx);
+        result = fn!(call.request, ctx);
+      } catch (err) {
+        result = Promise.reject(err);
+      }
+      result.then(
+        (res) => callback(null, res),
+        (err) => callback(toGrpcError(failure(m.name, err, log))),
+      );
+    };
+
+  const streaming =
+    (binding: ServiceBinding, m: DescMethod) =>
+    (call: ServerWritableStream<unknown, unknown>): void => {
+      const fn = binding.impl[m.localName];
+      const ctx = new GrpcCallContext(call);
+      streams.add(ctx);
+      const run = async (): Promise<void> => {
+        binding.auth?.(ctx);
+        const { signal } = ctx;
+        for await (const msg of fn!(call.request, ctx) as AsyncIterable<unknown>) {
+          if (signal.aborted) break;
+          if (!call.write(msg)) {
+            await new Promise<void>((resolve) => {
+              call.once('drain', resolve);
+              signal.addEventListener('abort', () => resolve(), { once: true });
+            });
+          }
+        }
+        if (!call.cancelled) call.end();
+      };
+      run()
+        .catch((err) => {
+          if (!call.cancelled) call.emit('error', toGrpcError(failure(m.name, err, log)));
+        })
+        .finally(() => streams.delete(ctx));
+    };
+
+  for (const binding of opts.bindings) {
+    const impl: UntypedServiceImplementation = {};
+    for (const m of binding.service.methods) {
+      if (!binding.impl[m.localName]) continue;
+      impl[m.localName] = m.methodKind === 'server_streaming' ? streaming(binding, m) : unary(binding, m);
+    }
+    server.addService(grpcServiceDefinition(binding.service), impl);
+  }
+  opts.health.addToServer(server);
+  addReflection(
+    server,
+    opts.bindings.map((b) => b.service),
+  );
+
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${opts.host}:${opts.port}`, ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
+  );
+
+  return {
+    port,
+    shutdown: (drainMs) =>
+      new Promise<void>((resolve) => {
+        opts.health.endWatches();
+        for (const ctx of streams) ctx.controller.abort();
+        const timer = setTimeout(() => {
+          log.warn({ drainMs }, 'gRPC drain timed out; cancelling remaining calls');
+          server.forceShutdown();
+          resolve();
+        }, drainMs);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      }),
+  };
+};
