@@ -1,0 +1,349 @@
+import { createHash } from 'node:crypto';
+import { Cluster, type Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { RkError } from '../errors.js';
+import {
+  type AuditRecord,
+  byIdOrder,
+  type Change,
+  checkMutation,
+  DEFAULT_AUDIT_MAX,
+  decodeToken,
+  encodeToken,
+  type KeyRegistry,
+  KeyView,
+  type Mutation,
+  type Page,
+  type PageQuery,
+  pageById,
+  pageSizeOf,
+  type WriteResult,
+} from './registry.js';
+import type { StoredKey } from './types.js';
+
+/**
+ * One write, atomically: compare-and-set the record against what the caller read, keep the hash
+ * index unique, bump the version, append the audit entry (capped stream) and publish the change
+ * with the record itself, so subscribers apply it without a round trip. Publishing inside the
+ * script orders notifications by version. All keys share the `{keys}` hash tag: one cluster slot.
+ *
+ * KEYS: records, hashes, version, audit. ARGV: id, expected JSON ('' = absent), new JSON
+ * ('' = delete), old hash, new hash, audit JSON, audit cap, channel.
+ */
+const WRITE_LUA = `
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then cur = '' end
+if cur ~= ARGV[2] then return {'conflict'} end
+if ARGV[5] ~= '' then
+  local owner = redis.call('HGET', KEYS[2], ARGV[5])
+  if owner and owner ~= ARGV[1] then return {'hash_taken'} end
+end
+if ARGV[4] ~= '' and ARGV[4] ~= ARGV[5] then redis.call('HDEL', KEYS[2], ARGV[4]) end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], ARGV[5], ARGV[1]) end
+local v = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[6])
+local rec = ARGV[3]
+if rec == '' then rec = 'null' end
+redis.call('PUBLISH', ARGV[8], '{"v":' .. v .. ',"id":' .. cjson.encode(ARGV[1]) .. ',"rec":' .. rec .. '}')
+return {'ok', v}
+`;
+
+/** Version and all records in one atomic read, for a full resync. KEYS: records, version. */
+const SNAPSHOT_LUA = `
+return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
+`;
+
+const sha1 = (s: string): string => createHash('sha1').update(s).digest('hex');
+const WRITE_SHA = sha1(WRITE_LUA);
+const SNAPSHOT_SHA = sha1(SNAPSHOT_LUA);
+
+/** Concurrent writes to one key retry their compare-and-set at most this often. */
+const MAX_ATTEMPTS = 16;
+
+export interface RedisRegistryOptions {
+  client: Redis | Cluster;
+  /** Namespace prefix shared with the store, e.g. `rk:`. */
+  prefix?: string;
+  now?: () => number;
+  /** Safety-net resync period: compares versions and reloads on a difference. */
+  resyncMs?: number;
+  /** How long a write waits for its own change notification before resyncing directly. */
+  notifyTimeoutMs?: number;
+  auditMax?: number;
+  log?: Logger;
+}
+
+interface ChangeMessage {
+  v: number;
+  id: string;
+  rec: StoredKey | null;
+}
+
+/**
+ * Keys managed in Redis and mirrored into every instance's memory. Changes reach other instances
+ * by pub/sub (the record travels in the message); a gap in versions, a reconnect, or the periodic
+ * version check triggers a full reload, so a lost message costs at most one resync period.
+ */
+export class RedisKeyRegistry implements KeyRegistry {
+  private readonly view = new KeyView();
+  private readonly client: Redis | Cluster;
+  private readonly sub: Redis | Cluster;
+  private readonly k: { rec: string; hash: string; ver: string; audit: string; channel: string };
+  private readonly now: () => number;
+  private readonly notifyTimeoutMs: number;
+  private readonly auditMax: number;
+  private readonly log: Logger | undefined;
+  private readonly timer: NodeJS.Timeout;
+  private waiters: { v: number; resolve: () => void }[] = [];
+  private resyncing: Promise<void> | undefined;
+  private resyncAgain = false;
+  private closed = false;
+
+  private constructor(opts: RedisRegistryOptions) {
+    const p = `${opts.prefix ?? 'rk:'}{keys}:`;
+    this.k = { rec: `${p}rec`, hash: `${p}hash`, ver: `${p}ver`, audit: `${p}audit`, channel: `${p}changes` };
+    this.client = opts.client;
+    this.now = opts.now ?? Date.now;
+    this.notifyTimeoutMs = opts.notifyTimeoutMs ?? 1000;
+    this.auditMax = opts.auditMax ?? DEFAULT_AUDIT_MAX;
+    this.log = opts.log;
+    // A subscribed connection serves nothing else: a second connection of the same kind.
+    this.sub = opts.client instanceof Cluster ? opts.client.duplicate() : opts.client.duplicate();
+    this.sub.on('message', (_channel: string, message: string) => this.onMessage(message));
+    // Messages sent while the subscriber was away are lost: reload after every (re)connection.
+    this.sub.on('ready', () => this.resync());
+    this.sub.on('error', (err: Error) =>
+      this.log?.warn({ err: err.message }, 'key registry subscriber error'),
+    );
+    this.timer = setInterval(() => void this.check(), opts.resyncMs ?? 5000);
+    this.timer.unref();
+  }
+
+  /** Subscribes, then loads every record; resolves once the directory is current. */
+  static async open(opts: RedisRegistryOptions): Promise<RedisKeyRegistry> {
+    const reg = new RedisKeyRegistry(opts);
+    try {
+      await reg.sub.subscribe(reg.k.channel);
+      await reg.resync();
+    } catch (err) {
+      await reg.close();
+      throw err;
+    }
+    return reg;
+  }
+
+  get version(): number {
+    return this.view.version;
+  }
+
+  byId(id: string): StoredKey | undefined {
+    return this.view.byId(id);
+  }
+
+  byHash(hash: string): StoredKey | undefined {
+    return this.view.byHash(hash);
+  }
+
+  async get(id: string): Promise<StoredKey | undefined> {
+    const json = await this.call(() => this.client.hget(this.k.rec, id));
+    return json === null ? undefined : (JSON.parse(json) as StoredKey);
+  }
+
+  async all(): Promise<StoredKey[]> {
+    const rows = await this.call(() => this.client.hvals(this.k.rec));
+    return rows.map((r) => JSON.parse(r) as StoredKey).sort(byIdOrder);
+  }
+
+  async list(query: PageQuery & { account?: string }): Promise<Page<StoredKey>> {
+    pageSizeOf(query.pageSize);
+    decodeToken(query.pageToken);
+    const all = await this.all();
+    const rows = query.account ? all.filter((k) => k.account === query.account) : all;
+    return pageById(rows, (k) => k.id, query);
+  }
+
+  async write(id: string, mutate: Mutation, change: Change): Promise<WriteResult> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const curJson = await this.call(() => this.client.hget(this.k.rec, id));
+      const before = curJson === null ? undefined : (JSON.parse(curJson) as StoredKey);
+      const after = mutate(before);
+      checkMutation(id, after);
+      const entry: AuditRecord = { ...change, target: id, atMs: this.now(), before, after };
+      const res = (await this.call(() =>
+        this.script(
+          WRITE_SHA,
+          WRITE_LUA,
+          [this.k.rec, this.k.hash, this.k.ver, this.k.audit],
+          [
+            id,
+            curJson ?? '',
+            after === undefined ? '' : JSON.stringify(after),
+            before?.hash ?? '',
+            after?.hash ?? '',
+            JSON.stringify(entry),
+            String(this.auditMax),
+            this.k.channel,
+          ],
+        ),
+      )) as [string, number?];
+      if (res[0] === 'conflict') continue;
+      if (res[0] === 'hash_taken') throw new RkError('ALREADY_EXISTS', 'key hash already registered');
+      const version = Number(res[1]);
+      await this.applied(version);
+      return { before, after, version };
+    }
+    throw new RkError('UNAVAILABLE', `key ${id} is being changed concurrently; retry`);
+  }
+
+  async audit(record: Omit<AuditRecord, 'atMs'>): Promise<void> {
+    const entry: AuditRecord = { ...record, atMs: this.now() };
+    await this.call(() =>
+      this.client.xadd(this.k.audit, 'MAXLEN', '~', this.auditMax, '*', 'e', JSON.stringify(entry)),
+    );
+  }
+
+  async listAudit(query: PageQuery & { target?: string }): Promise<Page<AuditRecord>> {
+    const size = pageSizeOf(query.pageSize);
+    const cursor = decodeToken(query.pageToken);
+    if (cursor !== undefined && !/^\d+-\d+$/.test(cursor)) {
+      throw new RkError('INVALID_ARGUMENT', 'page_token: not a token this server issued', 'page_token');
+    }
+    const items: AuditRecord[] = [];
+    let end = cursor === undefined ? '+' : `(${cursor}`;
+    let lastId = '';
+    const batch = Math.max(size + 1, 100);
+    for (;;) {
+      const rows = await this.call(() => this.client.xrevrange(this.k.audit, end, '-', 'COUNT', batch));
+      for (const [streamId, fields] of rows) {
+        const e = JSON.parse(fields[1] ?? '{}') as AuditRecord;
+        if (query.target && e.target !== query.target) continue;
+        if (items.length === size) return { items, nextPageToken: encodeToken(lastId) };
+        items.push(e);
+        lastId = streamId;
+      }
+      if (rows.length < batch) return { items, nextPageToken: '' };
+      end = `(${rows[rows.length - 1]![0]}`;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.timer);
+    for (const w of this.waiters) w.resolve();
+    this.waiters = [];
+    this.sub.disconnect();
+  }
+
+  private onMessage(message: string): void {
+    let msg: ChangeMessage;
+    try {
+      msg = JSON.parse(message) as ChangeMessage;
+    } catch {
+      this.log?.warn('key registry: unreadable change message; resyncing');
+      void this.resync();
+      return;
+    }
+    if (msg.v <= this.view.version) return;
+    if (msg.v !== this.view.version + 1 || this.resyncing) {
+      void this.resync();
+      return;
+    }
+    this.view.apply(msg.id, msg.rec ?? undefined, msg.v);
+    this.wake();
+  }
+
+  /** Full reload; concurrent requests share one run, and a request during a run queues one more. */
+  private resync(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    if (this.resyncing) {
+      this.resyncAgain = true;
+      return this.resyncing;
+    }
+    this.resyncing = (async () => {
+      try {
+        do {
+          this.resyncAgain = false;
+          const [ver, flat] = (await this.script(
+            SNAPSHOT_SHA,
+            SNAPSHOT_LUA,
+            [this.k.rec, this.k.ver],
+            [],
+          )) as [string, string[]];
+          const records: StoredKey[] = [];
+          for (let i = 1; i < flat.length; i += 2) records.push(JSON.parse(flat[i]!) as StoredKey);
+          // The snapshot is authoritative, even below the view's version (Redis was flushed).
+          this.view.replace(records, Number(ver));
+          this.wake();
+        } while (this.resyncAgain && !this.closed);
+      } catch (err) {
+        this.log?.warn({ err: (err as Error).message }, 'key registry resync failed');
+      } finally {
+        this.resyncing = undefined;
+      }
+    })();
+    return this.resyncing;
+  }
+
+  private async check(): Promise<void> {
+    try {
+      const ver = Number((await this.client.get(this.k.ver)) ?? '0');
+      if (ver !== this.view.version) await this.resync();
+    } catch (err) {
+      this.log?.warn({ err: (err as Error).message }, 'key registry version check failed');
+    }
+  }
+
+  /**
+   * Waits until this instance's directory has applied `version` through its own subscription.
+   * Redis hands a published message to every subscriber at once, so when it has reached this
+   * instance it is already on its way to the others.
+   */
+  private async applied(version: number): Promise<void> {
+    if (this.view.version >= version) return;
+    let timer: NodeJS.Timeout | undefined;
+    const reached = new Promise<boolean>((resolve) => {
+      this.waiters.push({ v: version, resolve: () => resolve(true) });
+      timer = setTimeout(() => resolve(false), this.notifyTimeoutMs);
+    });
+    const ok = await reached;
+    clearTimeout(timer);
+    if (!ok) {
+      this.log?.warn({ version }, 'key registry: change notification late; resyncing');
+      await this.resync();
+    }
+  }
+
+  private wake(): void {
+    const v = this.view.version;
+    const due = this.waiters.filter((w) => w.v <= v);
+    if (due.length === 0) return;
+    this.waiters = this.waiters.filter((w) => w.v > v);
+    for (const w of due) w.resolve();
+  }
+
+  private async script(sha: string, src: string, keys: string[], args: string[]): Promise<unknown> {
+    try {
+      return await this.client.evalsha(sha, keys.length, ...keys, ...args);
+    } catch (err) {
+      if (!String((err as Error).message).includes('NOSCRIPT')) throw err;
+      return await this.client.eval(src, keys.length, ...keys, ...args);
+    }
+  }
+
+  /** Backend failures become UNAVAILABLE; domain errors pass through. */
+  private async call<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof RkError) throw err;
+      this.log?.warn({ err: (err as Error).message }, 'key registry: redis call failed');
+      throw new RkError('UNAVAILABLE', 'key store unavailable');
+    }
+  }
+}
