@@ -1,0 +1,435 @@
+/**
+ * The embedded store (the default): one process, one clock. Same semantics as the Redis scripts.
+ *
+ * Memory stays bounded: every entry carries the time after which it is useless (dropAt) and a
+ * periodic, unref'd sweep deletes those; windows also drop expired buckets whenever touched.
+ */
+import {
+  type Decision,
+  type DecisionResult,
+  type LimiterStore,
+  type OpState,
+  type Settle,
+  type SettleResult,
+  WINDOW_BUCKETS,
+} from './store.js';
+import { bucketIndex, leaveMs, msUntilLeave } from './window.js';
+
+const B = WINDOW_BUCKETS;
+
+/** A window's non-empty buckets, ascending: b = [index, count, index, count, …], live from offset h. */
+class Win {
+  b: number[] = [];
+  h = 0;
+  total = 0;
+  dropAt = 0;
+}
+
+class SlotSet {
+  /** requestId → lease expiry (Unix ms). */
+  leases = new Map<string, number>();
+  dropAt = 0;
+}
+
+interface Counter {
+  v: number;
+  dropAt: number;
+}
+
+interface Res {
+  requestId: string;
+  /** Admission time: settle corrects the bucket of this moment. */
+  t: number;
+  windowKeys: string[];
+  amounts: number[];
+  slotKeys: string[];
+  dropAt: number;
+}
+
+function trim(w: Win, lo: number): void {
+  const b = w.b;
+  let h = w.h;
+  while (h < b.length && b[h]! < lo) {
+    w.total -= b[h + 1]!;
+    h += 2;
+  }
+  if (h === b.length) {
+    w.b = [];
+    h = 0;
+    w.total = 0;
+  } else if (h >= 32 && h * 2 >= b.length) {
+    b.splice(0, h);
+    h = 0;
+  }
+  w.h = h;
+}
+
+/** Adds amount (may be negative; a bucket never goes below 0) to bucket j, which is ≥ the live range start. */
+function add(w: Win, j: number, amount: number, windowMs: number): void {
+  if (amount === 0) return;
+  const b = w.b;
+  const n = b.length;
+  if (n === w.h) {
+    if (amount < 0) return;
+    // An exact-size literal: most windows (one per descriptor value) never hold a second bucket.
+    w.b = [j, amount];
+    w.h = 0;
+    w.total = amount;
+    w.dropAt = leaveMs(j, windowMs);
+    return;
+  }
+  if (b[n - 2]! < j) {
+    if (amount < 0) return;
+    b.push(j, amount);
+    w.total += amount;
+    w.dropAt = leaveMs(j, windowMs);
+    return;
+  }
+  let pos = n - 2;
+  while (pos > w.h && b[pos]! > j) pos -= 2;
+  if (b[pos] === j) {
+    const before = b[pos + 1]!;
+    const after = Math.max(0, before + amount);
+    b[pos + 1] = after;
+    w.total += after - before;
+    return;
+  }
+  if (amount < 0) return;
+  b.splice(b[pos]! < j ? pos + 2 : pos, 0, j, amount);
+  w.total += amount;
+}
+
+/** Ms until `need` units have left the window (oldest buckets leave first). */
+function retryAfter(w: Win, need: number, windowMs: number, now: number): number {
+  let freed = 0;
+  const b = w.b;
+  for (let k = w.h; k < b.length; k += 2) {
+    freed += b[k + 1]!;
+    if (freed >= need) return msUntilLeave(b[k]!, windowMs, now);
+  }
+  return 0;
+}
+
+function windowState(
+  w: Win | undefined,
+  ok: boolean,
+  need: number,
+  limit: number,
+  cost: number,
+  windowMs: number,
+  now: number,
+): OpState {
+  const used = w?.total ?? 0;
+  const b = w?.b;
+  return {
+    ok,
+    used,
+    remaining: Math.max(0, limit - used),
+    resetMs: w && used > 0 ? msUntilLeave(b![b!.length - 2]!, windowMs, now) : 0,
+    retryMs: ok ? 0 : cost > limit ? -1 : w ? retryAfter(w, need, windowMs, now) : 0,
+  };
+}
+
+export interface MemoryStoreOptions {
+  /** The store clock, Unix ms (tests inject one). */
+  now?: () => number;
+  /** How often expired state is swept; 0 disables the timer (call sweep() yourself). */
+  sweepIntervalMs?: number;
+}
+
+export class MemoryStore implements LimiterStore {
+  private readonly clock: () => number;
+  private readonly windows = new Map<string, Win>();
+  private readonly slots = new Map<string, SlotSet>();
+  private readonly counters = new Map<string, Counter>();
+  private readonly reservations = new Map<string, Res>();
+  private readonly once = new Map<string, number>();
+  private readonly timer: NodeJS.Timeout | undefined;
+
+  constructor(options: MemoryStoreOptions = {}) {
+    this.clock = options.now ?? Date.now;
+    const every = options.sweepIntervalMs ?? 5_000;
+    if (every > 0) {
+      this.timer = setInterval(() => this.sweep(), every);
+      this.timer.unref();
+    }
+  }
+
+  now(): number {
+    return this.clock();
+  }
+
+  healthy(): boolean {
+    return true;
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+  }
+
+  /** Entries held (for memory tests and metrics). */
+  size(): number {
+    return this.windows.size + this.slots.size + this.counters.size + this.reservations.size + this.once.size;
+  }
+
+  /** Deletes every entry whose state can no longer matter. */
+  sweep(): void {
+    const now = this.clock();
+    for (const [k, w] of this.windows) if (w.dropAt <= now) this.windows.delete(k);
+    for (const [k, s] of this.slots) if (s.dropAt <= now) this.slots.delete(k);
+    for (const [k, c] of this.counters) if (c.dropAt <= now) this.counters.delete(k);
+    for (const [k, r] of this.reservations) if (r.dropAt <= now) this.reservations.delete(k);
+    for (const [k, t] of this.once) if (t <= now) this.once.delete(k);
+  }
+
+  async decide(d: Decision): Promise<DecisionResult> {
+    return this.decideNow(d);
+  }
+
+  async settle(s: Settle): Promise<SettleResult> {
+    return this.settleNow(s);
+  }
+
+  async release(reservationKey: string): Promise<boolean> {
+    const res = this.liveReservation(reservationKey, this.clock());
+    if (!res) return false;
+    this.free(reservationKey, res);
+    return true;
+  }
+
+  private decideNow(d: Decision): DecisionResult {
+    const now = this.clock();
+    const { ops, atomic } = d;
+    const dry = d.dryRun === true;
+    const rid = d.reservation?.requestId;
+    const n = ops.length;
+    const fits = new Array<boolean>(n);
+    /** Windows: units counted before the decision. Slots: 1 when the request already holds one. */
+    const pre = new Array<number>(n);
+    let expiredLeases = 0;
+
+    for (let i = 0; i < n; i++) {
+      const op = ops[i]!;
+      if (op.kind === 'window') {
+        const w = this.windows.get(op.key);
+        if (w) trim(w, bucketIndex(now, op.windowMs) - B);
+        const used = w?.total ?? 0;
+        pre[i] = used;
+        fits[i] = used + op.cost <= op.limit;
+      } else if (op.kind === 'slot') {
+        if (rid === undefined) throw new Error(`slot op ${op.key} needs decision.reservation`);
+        const s = this.slots.get(op.key);
+        let active = 0;
+        if (s) {
+          if (!dry) {
+            const freed = this.expireLeases(s, now);
+            if (freed > 0) {
+              expiredLeases += freed;
+              if (op.expiredKey && op.expiredWindowMs)
+                this.count(op.expiredKey, op.expiredWindowMs, freed, now);
+            }
+          }
+          for (const exp of s.leases.values()) if (exp > now) active++;
+        }
+        const held = (s?.leases.get(rid) ?? 0) > now;
+        pre[i] = held ? 1 : 0;
+        fits[i] = held || active < op.limit;
+      } else {
+        fits[i] = (this.counters.get(op.key)?.v ?? 0) < op.limit;
+      }
+    }
+
+    let admitted = true;
+    let denied = -1;
+    for (let i = 0; i < n; i++) {
+      const op = ops[i]!;
+      if (!fits[i] && !(op.kind === 'window' && op.shadow)) {
+        admitted = false;
+        if (atomic) {
+          denied = i;
+          break;
+        }
+      }
+    }
+
+    const record = !dry && d.reservation !== undefined && (admitted || !atomic);
+    const res: Res | undefined = record
+      ? {
+          requestId: rid!,
+          t: now,
+          windowKeys: [],
+          amounts: [],
+          slotKeys: [],
+          dropAt: now + d.reservation!.ttlMs,
+        }
+      : undefined;
+    if (!dry) {
+      for (let i = 0; i < n; i++) {
+        const op = ops[i]!;
+        const shadow = op.kind === 'window' && op.shadow === true;
+        if (atomic ? !admitted : !(fits[i] || shadow)) continue;
+        if (op.kind === 'window') {
+          if (op.cost > 0) this.count(op.key, op.windowMs, op.cost, now);
+          if (res) {
+            res.windowKeys.push(op.key);
+            res.amounts.push(op.cost);
+          }
+        } else if (op.kind === 'slot') {
+          let s = this.slots.get(op.key);
+          if (!s) {
+            s = new SlotSet();
+            this.slots.set(op.key, s);
+          }
+          const exp = now + op.leaseMs;
+          s.leases.set(rid!, exp);
+          // Kept one lease past the last expiry so a later check still counts the expiry.
+          s.dropAt = Math.max(s.dropAt, exp + op.leaseMs);
+          res?.slotKeys.push(op.key);
+        }
+      }
+    }
+    if (res) this.reservations.set(d.reservation!.key, res);
+
+    const states = new Array<OpState>(n);
+    for (let i = 0; i < n; i++) {
+      const op = ops[i]!;
+      const ok = fits[i] ?? false;
+      if (op.kind === 'window') {
+        const w = this.windows.get(op.key);
+        states[i] = windowState(w, ok, pre[i]! + op.cost - op.limit, op.limit, op.cost, op.windowMs, now);
+      } else if (op.kind === 'slot') {
+        states[i] = this.slotState(this.slots.get(op.key), ok, op.limit, now);
+      } else {
+        const used = this.counters.get(op.key)?.v ?? 0;
+        const reset = Math.max(0, op.periodEndMs - now);
+        states[i] = {
+          ok,
+          used,
+          remaining: Math.max(0, op.limit - used),
+          resetMs: reset,
+          retryMs: ok ? 0 : reset,
+        };
+      }
+    }
+    return { admitted, denied, states, nowMs: now, expiredLeases };
+  }
+
+  private settleNow(s: Settle): SettleResult {
+    const now = this.clock();
+    const onceUntil = this.once.get(s.onceKey);
+    const duplicate = onceUntil !== undefined && onceUntil > now;
+    if (!duplicate) this.once.set(s.onceKey, now + s.onceTtlMs);
+    const res = this.liveReservation(s.reservationKey, now);
+
+    const windows: OpState[] = [];
+    for (const spec of s.windows) {
+      const i = bucketIndex(now, spec.windowMs);
+      if (!duplicate) {
+        let w = this.windows.get(spec.key);
+        if (!w) {
+          w = new Win();
+          this.windows.set(spec.key, w);
+        }
+        trim(w, i - B);
+        const r = res ? res.windowKeys.indexOf(spec.key) : -1;
+        const admittedAt = r >= 0 ? bucketIndex(res!.t, spec.windowMs) : -1;
+        if (r >= 0 && admittedAt >= i - B) {
+          add(w, admittedAt, spec.amount - res!.amounts[r]!, spec.windowMs);
+          // Later settles of the same admission add their whole amount.
+          res!.amounts[r] = 0;
+        } else {
+          add(w, i, spec.amount, spec.windowMs);
+        }
+      }
+      const w = this.windows.get(spec.key);
+      if (w) trim(w, i - B);
+      const used = w?.total ?? 0;
+      windows.push(windowState(w, used <= spec.limit, used - spec.limit, spec.limit, 0, spec.windowMs, now));
+    }
+
+    const counters: OpState[] = [];
+    for (const spec of s.counters) {
+      let c = this.counters.get(spec.key);
+      if (c && c.dropAt <= now) c.v = 0;
+      if (!duplicate) {
+        if (!c) {
+          c = { v: 0, dropAt: 0 };
+          this.counters.set(spec.key, c);
+        }
+        c.v += spec.amount;
+        c.dropAt = now + spec.ttlMs;
+      }
+      const used = c?.v ?? 0;
+      const ok = used < spec.limit;
+      const reset = Math.max(0, spec.periodEndMs - now);
+      counters.push({
+        ok,
+        used,
+        remaining: Math.max(0, spec.limit - used),
+        resetMs: reset,
+        retryMs: ok ? 0 : reset,
+      });
+    }
+
+    if (!duplicate && s.release && res) this.free(s.reservationKey, res);
+    return { duplicate, reserved: res !== undefined, windows, counters, nowMs: now };
+  }
+
+  private count(key: string, windowMs: number, amount: number, now: number): void {
+    let w = this.windows.get(key);
+    if (!w) {
+      w = new Win();
+      this.windows.set(key, w);
+    }
+    const i = bucketIndex(now, windowMs);
+    trim(w, i - B);
+    add(w, i, amount, windowMs);
+  }
+
+  private expireLeases(s: SlotSet, now: number): number {
+    let freed = 0;
+    for (const [id, exp] of s.leases) {
+      if (exp <= now) {
+        s.leases.delete(id);
+        freed++;
+      }
+    }
+    return freed;
+  }
+
+  private slotState(s: SlotSet | undefined, ok: boolean, limit: number, now: number): OpState {
+    let used = 0;
+    let first = Number.POSITIVE_INFINITY;
+    let last = now;
+    if (s) {
+      for (const exp of s.leases.values()) {
+        if (exp <= now) continue;
+        used++;
+        if (exp < first) first = exp;
+        if (exp > last) last = exp;
+      }
+    }
+    return {
+      ok,
+      used,
+      remaining: Math.max(0, limit - used),
+      resetMs: last - now,
+      retryMs: ok ? 0 : limit < 1 ? -1 : used > 0 ? first - now : 0,
+    };
+  }
+
+  private liveReservation(key: string, now: number): Res | undefined {
+    const res = this.reservations.get(key);
+    if (!res) return undefined;
+    if (res.dropAt <= now) {
+      this.reservations.delete(key);
+      return undefined;
+    }
+    return res;
+  }
+
+  private free(reservationKey: string, res: Res): void {
+    for (const key of res.slotKeys) this.slots.get(key)?.leases.delete(res.requestId);
+    this.reservations.delete(reservationKey);
+  }
+}
