@@ -1,0 +1,264 @@
+/**
+ * Abuse signals (contract §7), evaluated without I/O.
+ *
+ * A key's recent activity is kept as a short run of sampling buckets (default one minute each):
+ * the highest share of its request and token limits that any decision reported in the bucket
+ * (the store's own window counters, so every instance sees the same figures), and counts of
+ * lease expiries and of calls denied again before an earlier denial's Retry-After had passed.
+ * A signal trips when a share is held in every bucket for the whole window, or a count over the
+ * window reaches its threshold. Tripping raises a flag for review; nothing here blocks.
+ */
+
+export const SIGNALS = [
+  'excessive_request_rate',
+  'excessive_token_rate',
+  'runaway_requests',
+  'retry_storm',
+  'limit_splitting',
+] as const;
+export type SignalKind = (typeof SIGNALS)[number];
+
+export interface ShareRule {
+  /** Share of the key's limit (0..1] that trips the signal when held for windowMs. */
+  share: number;
+  windowMs: number;
+}
+
+export interface CountRule {
+  /** Events within windowMs that trip the signal. */
+  count: number;
+  windowMs: number;
+}
+
+export interface SignalSettings {
+  /** Sampling bucket length; shares are held when every bucket of the window reaches them. */
+  bucketMs: number;
+  requestRate: ShareRule;
+  tokenRate: ShareRule;
+  /** Slot leases that expired (Debit/Release never came) for one key. */
+  runaway: CountRule;
+  /** Denied calls that came before an earlier denial's Retry-After had passed. */
+  retryStorm: CountRule;
+  /** An account with at least `keys` keys, each holding `share` of its request or token limit. */
+  limitSplitting: ShareRule & { keys: number };
+  /** Shares of monthly spend and monthly tokens that send a threshold-crossing alert once a period. */
+  alertShares: number[];
+}
+
+export const defaultSignalSettings: SignalSettings = {
+  bucketMs: 60_000,
+  requestRate: { share: 0.9, windowMs: 10 * 60_000 },
+  tokenRate: { share: 0.9, windowMs: 10 * 60_000 },
+  runaway: { count: 3, windowMs: 60 * 60_000 },
+  retryStorm: { count: 30, windowMs: 5 * 60_000 },
+  limitSplitting: { share: 0.8, keys: 3, windowMs: 10 * 60_000 },
+  alertShares: [0.8, 1],
+};
+
+/** What one key did in one sampling bucket. */
+export interface Bucket {
+  /** Bucket start, Unix ms (a multiple of bucketMs). */
+  start: number;
+  /** Highest used/limit of the key's request limit reported in the bucket; -1 when none. */
+  requestShare: number;
+  /** Same for the key's token limit. */
+  tokenShare: number;
+  expired: number;
+  earlyRetries: number;
+}
+
+export const emptyBucket = (start: number): Bucket => ({
+  start,
+  requestShare: -1,
+  tokenShare: -1,
+  expired: 0,
+  earlyRetries: 0,
+});
+
+export interface Trip {
+  signal: SignalKind;
+  /** The figure compared with the threshold: the share held, or the count over the window. */
+  observed: number;
+  threshold: number;
+  windowMs: number;
+  /** Start of the evidence: a flag reviewed after this is not raised again for the same episode. */
+  sinceMs: number;
+  detail: string;
+}
+
+export interface Held {
+  /** Lowest of the bucket maxima over the run: the share held throughout. */
+  share: number;
+  /** Start of the first bucket of the run. */
+  sinceMs: number;
+  /** How long the share has been held, up to now. */
+  heldMs: number;
+}
+
+const bucketStart = (ms: number, bucketMs: number): number => Math.floor(ms / bucketMs) * bucketMs;
+
+/**
+ * The run of consecutive buckets, ending at the current (or just finished) bucket, whose share
+ * reached `threshold`. Buckets are ordered oldest first. A bucket with no sample breaks the run:
+ * a key that stops sending is not holding anything.
+ */
+export const heldShare = (
+  buckets: readonly Bucket[],
+  pick: (b: Bucket) => number,
+  threshold: number,
+  nowMs: number,
+  bucketMs: number,
+): Held | undefined => {
+  let expected = bucketStart(nowMs, bucketMs);
+  let i = buckets.length - 1;
+  const newest = buckets[i];
+  if (!newest) return undefined;
+  // A decision just after a bucket boundary may not have landed yet: allow the previous bucket.
+  if (newest.start !== expected) {
+    if (newest.start !== expected - bucketMs) return undefined;
+    expected -= bucketMs;
+  }
+  let share = Number.POSITIVE_INFINITY;
+  let sinceMs = -1;
+  for (; i >= 0; i--) {
+    const b = buckets[i]!;
+    if (b.start !== expected || pick(b) < threshold) break;
+    share = Math.min(share, pick(b));
+    sinceMs = b.start;
+    expected -= bucketMs;
+  }
+  if (sinceMs < 0) return undefined;
+  return { share, sinceMs, heldMs: nowMs - sinceMs };
+};
+
+/** Sum of a count over the buckets that overlap the last windowMs, with the first bucket counted. */
+export const countIn = (
+  buckets: readonly Bucket[],
+  pick: (b: Bucket) => number,
+  nowMs: number,
+  windowMs: number,
+  bucketMs: number,
+): { count: number; sinceMs: number } => {
+  const from = nowMs - windowMs;
+  let count = 0;
+  let sinceMs = nowMs;
+  for (const b of buckets) {
+    if (b.start + bucketMs <= from || pick(b) === 0) continue;
+    count += pick(b);
+    sinceMs = Math.min(sinceMs, b.start);
+  }
+  return { count, sinceMs };
+};
+
+const pct = (share: number): string => `${Math.round(share * 1000) / 10}%`;
+const minutes = (ms: number): string => `${Math.round(ms / 6000) / 10} min`;
+
+const shareTrip = (
+  signal: SignalKind,
+  what: string,
+  rule: ShareRule,
+  buckets: readonly Bucket[],
+  pick: (b: Bucket) => number,
+  nowMs: number,
+  bucketMs: number,
+): Trip | undefined => {
+  const held = heldShare(buckets, pick, rule.share, nowMs, bucketMs);
+  if (!held || held.heldMs < rule.windowMs) return undefined;
+  return {
+    signal,
+    observed: held.share,
+    threshold: rule.share,
+    windowMs: rule.windowMs,
+    sinceMs: held.sinceMs,
+    detail: `at least ${pct(held.share)} of its ${what} limit for ${minutes(held.heldMs)} (threshold ${pct(rule.share)} for ${minutes(rule.windowMs)})`,
+  };
+};
+
+const countTrip = (
+  signal: SignalKind,
+  what: string,
+  rule: CountRule,
+  buckets: readonly Bucket[],
+  pick: (b: Bucket) => number,
+  nowMs: number,
+  bucketMs: number,
+): Trip | undefined => {
+  const { count, sinceMs } = countIn(buckets, pick, nowMs, rule.windowMs, bucketMs);
+  if (count < rule.count) return undefined;
+  return {
+    signal,
+    observed: count,
+    threshold: rule.count,
+    windowMs: rule.windowMs,
+    sinceMs,
+    detail: `${count} ${what} in ${minutes(rule.windowMs)} (threshold ${rule.count})`,
+  };
+};
+
+const requestShare = (b: Bucket): number => b.requestShare;
+const tokenShare = (b: Bucket): number => b.tokenShare;
+
+/** The per-key signals that the key's buckets (oldest first) trip now. */
+export const evaluateKey = (buckets: readonly Bucket[], s: SignalSettings, nowMs: number): Trip[] => {
+  const trips = [
+    shareTrip('excessive_request_rate', 'request', s.requestRate, buckets, requestShare, nowMs, s.bucketMs),
+    shareTrip('excessive_token_rate', 'token', s.tokenRate, buckets, tokenShare, nowMs, s.bucketMs),
+    countTrip('runaway_requests', 'expired leases', s.runaway, buckets, (b) => b.expired, nowMs, s.bucketMs),
+    countTrip(
+      'retry_storm',
+      'calls denied again before Retry-After',
+      s.retryStorm,
+      buckets,
+      (b) => b.earlyRetries,
+      nowMs,
+      s.bucketMs,
+    ),
+  ];
+  return trips.filter((t): t is Trip => t !== undefined);
+};
+
+/**
+ * Limit splitting: enough of one account's keys each hold the configured share of their request
+ * or token limit for the window. Keys are given with their buckets (oldest first).
+ */
+export const evaluateAccount = (
+  keys: ReadonlyMap<string, readonly Bucket[]>,
+  s: SignalSettings,
+  nowMs: number,
+): (Trip & { keys: string[] }) | undefined => {
+  const rule = s.limitSplitting;
+  const near: { key: string; held: Held }[] = [];
+  for (const [key, buckets] of keys) {
+    const held = heldShare(
+      buckets,
+      (b) => Math.max(b.requestShare, b.tokenShare),
+      rule.share,
+      nowMs,
+      s.bucketMs,
+    );
+    if (held && held.heldMs >= rule.windowMs) near.push({ key, held });
+  }
+  if (near.length < rule.keys) return undefined;
+  near.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  const share = Math.min(...near.map((n) => n.held.share));
+  return {
+    signal: 'limit_splitting',
+    observed: near.length,
+    threshold: rule.keys,
+    windowMs: rule.windowMs,
+    sinceMs: Math.max(...near.map((n) => n.held.sinceMs)),
+    keys: near.map((n) => n.key),
+    detail: `${near.length} keys each at least ${pct(share)} of a limit for ${minutes(rule.windowMs)}: ${near.map((n) => n.key).join(', ')}`,
+  };
+};
+
+/** The alert shares of a budget that `used` has reached; the store sends each once a period. */
+export const crossedShares = (shares: readonly number[], limit: number, used: number): number[] =>
+  limit > 0 ? shares.filter((share) => used >= share * limit) : [];
+
+/**
+ * Label of the calendar month that ends at periodEndMs, e.g. 2026-11. A day is taken off so that a
+ * month ending at local midnight in any time zone (±14 h) still names its own month.
+ */
+export const monthPeriod = (periodEndMs: number): string =>
+  new Date(periodEndMs - 86_400_000).toISOString().slice(0, 7);

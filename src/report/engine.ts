@@ -1,0 +1,270 @@
+import type { Logger } from 'pino';
+import {
+  type Bucket,
+  crossedShares,
+  emptyBucket,
+  evaluateAccount,
+  evaluateKey,
+  monthPeriod,
+  type SignalKind,
+  type SignalSettings,
+  type Trip,
+} from '../policy/signals.js';
+import type { DecisionEvent, ReportEvent, SettledEvent } from './events.js';
+import { type Alert, type ReportStore, TOP_BUCKET_MS, type Totals } from './types.js';
+
+interface KeyState {
+  account: string;
+  /** Oldest first; at most the longest window's worth. */
+  buckets: Bucket[];
+  /** Latest Retry-After given to this key, Unix ms; a denied call before it is an early retry. */
+  retryUntilMs: number;
+  /** When each signal was last sent to the store, so a held signal writes once a bucket, not per request. */
+  raisedAt: Map<SignalKind, number>;
+  lastMs: number;
+}
+
+const DAY_MS = 86_400_000;
+
+/**
+ * Turns inference events into flags, threshold-crossing alerts and TopKeys totals.
+ *
+ * Per instance it keeps a few buckets per active key (no copy of requests); shares come from the
+ * store's counters, so every instance judges a key on its whole traffic. Store writes are
+ * asynchronous and bounded: a tripped signal is written at most once per bucket per key and
+ * signal, a crossing is claimed once per instance and sent once overall, totals are flushed in
+ * batches. Nothing here ever blocks or fails a request.
+ */
+export class SignalEngine {
+  private readonly keys = new Map<string, KeyState>();
+  private readonly accounts = new Map<string, { keys: Set<string>; evaluatedAt: number }>();
+  /** Crossing ids this instance has already handled, with when they can be forgotten. */
+  private readonly crossings = new Map<string, number>();
+  private readonly totals = new Map<number, Map<string, Totals>>();
+  private readonly pending = new Set<Promise<unknown>>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly store: ReportStore,
+    private readonly settings: () => SignalSettings,
+    private readonly log: Pick<Logger, 'warn' | 'error'>,
+  ) {}
+
+  /** Never throws; store work continues in the background (see idle()). */
+  record(e: ReportEvent): void {
+    try {
+      if (e.kind === 'decision') this.onDecision(e);
+      else this.onSettled(e);
+    } catch (err) {
+      this.log.error({ err }, 'report: event not recorded');
+    }
+  }
+
+  /** Flushes totals every intervalMs until stop(). */
+  start(intervalMs = 5_000): void {
+    this.stop();
+    this.timer = setInterval(() => this.track(this.flush()), intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Resolves when every store write started so far has finished. */
+  async idle(): Promise<void> {
+    while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
+  }
+
+  /** Writes the totals gathered since the last flush (TopKeys), and forgets idle keys. */
+  async flush(): Promise<void> {
+    const batches = [...this.totals];
+    this.totals.clear();
+    for (const [start, byKey] of batches) await this.store.addTotals(start, [...byKey.values()]);
+    this.sweep();
+  }
+
+  private track(p: Promise<unknown>): void {
+    const tracked = p.catch((err) => this.log.warn({ err }, 'report: store write failed'));
+    this.pending.add(tracked);
+    void tracked.finally(() => this.pending.delete(tracked));
+  }
+
+  private state(key: string, account: string, atMs: number): KeyState {
+    let s = this.keys.get(key);
+    if (!s) {
+      s = { account, buckets: [], retryUntilMs: 0, raisedAt: new Map(), lastMs: atMs };
+      this.keys.set(key, s);
+    }
+    if (s.account !== account) {
+      this.accounts.get(s.account)?.keys.delete(key);
+      s.account = account;
+    }
+    let acct = this.accounts.get(account);
+    if (!acct) {
+      acct = { keys: new Set(), evaluatedAt: Number.NEGATIVE_INFINITY };
+      this.accounts.set(account, acct);
+    }
+    acct.keys.add(key);
+    s.lastMs = Math.max(s.lastMs, atMs);
+    return s;
+  }
+
+  private bucket(s: KeyState, atMs: number, cfg: SignalSettings): Bucket {
+    const start = Math.floor(atMs / cfg.bucketMs) * cfg.bucketMs;
+    const last = s.buckets[s.buckets.length - 1];
+    if (last && last.start === start) return last;
+    // Late events (another instance's clock read a little earlier) land in the bucket they belong to.
+    if (last && last.start > start) return s.buckets.find((b) => b.start === start) ?? last;
+    const b = emptyBucket(start);
+    s.buckets.push(b);
+    const keep = retentionMs(cfg);
+    while (s.buckets.length > 0 && s.buckets[0]!.start + cfg.bucketMs <= atMs - keep) s.buckets.shift();
+    return b;
+  }
+
+  private onDecision(e: DecisionEvent): void {
+    const cfg = this.settings();
+    const s = this.state(e.key, e.account, e.atMs);
+    const b = this.bucket(s, e.atMs, cfg);
+    if (e.requestShare !== undefined) b.requestShare = Math.max(b.requestShare, e.requestShare);
+    if (e.tokenShare !== undefined) b.tokenShare = Math.max(b.tokenShare, e.tokenShare);
+    b.expired += e.expiredLeases;
+    if (!e.admitted) {
+      if (e.atMs < s.retryUntilMs) b.earlyRetries++;
+      const until = e.retryMs < 0 ? Number.POSITIVE_INFINITY : e.atMs + e.retryMs;
+      if (e.retryMs !== 0) s.retryUntilMs = Math.max(s.retryUntilMs, until);
+    } else {
+      this.addTotal(e.key, e.account, e.atMs, 1, 0, 0);
+    }
+
+    for (const trip of evaluateKey(s.buckets, cfg, e.atMs))
+      this.raise(s, e.key, e.account, trip, e.atMs, cfg);
+
+    const acct = this.accounts.get(e.account)!;
+    if (acct.keys.size >= cfg.limitSplitting.keys && e.atMs - acct.evaluatedAt >= cfg.bucketMs) {
+      acct.evaluatedAt = e.atMs;
+      const buckets = new Map<string, Bucket[]>();
+      for (const k of acct.keys) buckets.set(k, this.keys.get(k)?.buckets ?? []);
+      const trip = evaluateAccount(buckets, cfg, e.atMs);
+      // An account-wide flag: its key is the account's marker, the keys are named in the detail.
+      if (trip) this.raise(s, `account:${e.account}`, e.account, trip, e.atMs, cfg, true);
+    }
+  }
+
+  private raise(
+    s: KeyState,
+    key: string,
+    account: string,
+    trip: Trip,
+    atMs: number,
+    cfg: SignalSettings,
+    force = false,
+  ): void {
+    const last = s.raisedAt.get(trip.signal);
+    if (!force && last !== undefined && atMs - last < cfg.bucketMs) return;
+    s.raisedAt.set(trip.signal, atMs);
+    this.track(
+      this.store
+        .raiseFlag({
+          key,
+          account,
+          signal: trip.signal,
+          observed: trip.observed,
+          threshold: trip.threshold,
+          windowMs: trip.windowMs,
+          detail: trip.detail,
+          sinceMs: trip.sinceMs,
+          atMs,
+        })
+        .then(async (r) => {
+          if (r.outcome !== 'created' || !r.flag) return;
+          this.log.warn({ flag: r.flag }, `report: flag raised: ${trip.signal} on ${key}`);
+          await this.store.publish({ atMs, flag: r.flag });
+        }),
+    );
+  }
+
+  private onSettled(e: SettledEvent): void {
+    const cfg = this.settings();
+    this.state(e.key, e.account, e.atMs);
+    this.addTotal(e.key, e.account, e.atMs, 0, e.tokens, e.spendMicros);
+    for (const budget of e.budgets) {
+      const period = monthPeriod(budget.periodEndMs);
+      for (const share of crossedShares(cfg.alertShares, budget.limit, budget.used)) {
+        const id = `${budget.metric}:${e.key}:${period}:${share}`;
+        if (this.crossings.has(id)) continue;
+        const ttlMs = Math.max(budget.periodEndMs - e.atMs, 0) + DAY_MS;
+        this.crossings.set(id, e.atMs + ttlMs);
+        const alert: Alert = {
+          atMs: e.atMs,
+          crossing: {
+            key: e.key,
+            account: e.account,
+            metric: budget.metric,
+            share,
+            used: budget.used,
+            limit: budget.limit,
+            period,
+          },
+        };
+        this.track(
+          this.store.claimOnce(`crossing:${id}`, ttlMs).then(async (first) => {
+            if (!first) return;
+            this.log.warn({ alert: alert }, `report: ${budget.metric} of ${e.key} crossed ${share * 100}%`);
+            await this.store.publish(alert);
+          }),
+        );
+      }
+    }
+  }
+
+  private addTotal(
+    key: string,
+    account: string,
+    atMs: number,
+    requests: number,
+    tokens: number,
+    spend: number,
+  ) {
+    const start = Math.floor(atMs / TOP_BUCKET_MS) * TOP_BUCKET_MS;
+    let bucket = this.totals.get(start);
+    if (!bucket) {
+      bucket = new Map();
+      this.totals.set(start, bucket);
+    }
+    const t = bucket.get(key);
+    if (t) {
+      t.account = account;
+      t.requests += requests;
+      t.tokens += tokens;
+      t.spendMicros += spend;
+    } else bucket.set(key, { key, account, requests, tokens, spendMicros: spend });
+  }
+
+  /** Forgets keys idle for longer than any window, and crossings of past periods. */
+  private sweep(): void {
+    const cfg = this.settings();
+    const keep = retentionMs(cfg);
+    let newest = 0;
+    for (const s of this.keys.values()) newest = Math.max(newest, s.lastMs);
+    for (const [key, s] of this.keys) {
+      if (newest - s.lastMs <= keep) continue;
+      this.keys.delete(key);
+      const acct = this.accounts.get(s.account);
+      acct?.keys.delete(key);
+      if (acct && acct.keys.size === 0) this.accounts.delete(s.account);
+    }
+    for (const [id, until] of this.crossings) if (until < newest) this.crossings.delete(id);
+  }
+}
+
+const retentionMs = (cfg: SignalSettings): number =>
+  Math.max(
+    cfg.requestRate.windowMs,
+    cfg.tokenRate.windowMs,
+    cfg.runaway.windowMs,
+    cfg.retryStorm.windowMs,
+    cfg.limitSplitting.windowMs,
+  ) + cfg.bucketMs;

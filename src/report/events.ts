@@ -1,0 +1,39 @@
+import type { CrossingMetric } from './types.js';
+
+/**
+ * What the inference path tells the report engine, after the fact and off the hot path. Figures
+ * are the store's (shared by every instance), so an instance seeing only part of a key's traffic
+ * still sees the key's whole usage.
+ */
+export type ReportEvent = DecisionEvent | SettledEvent;
+
+/** One ShouldRateLimit decision of the inference domain (admitted or denied). */
+export interface DecisionEvent {
+  kind: 'decision';
+  /** Store clock at the decision, Unix ms. */
+  atMs: number;
+  /** Key id, or the key's hash for unregistered keys; never the raw key. */
+  key: string;
+  account: string;
+  admitted: boolean;
+  /** On denial: ms until the request would be admitted (Retry-After); -1 never; 0 unknown. */
+  retryMs: number;
+  /** used / limit of the key's own request limit after the decision; absent when unlimited. */
+  requestShare?: number;
+  /** used / limit of the key's own token limit after the decision; absent when unlimited. */
+  tokenShare?: number;
+  /** Slot leases of this key found expired (Debit/Release never came) during the decision. */
+  expiredLeases: number;
+}
+
+/** A Debit (or `usage` descriptor) that counted tokens and spend. */
+export interface SettledEvent {
+  kind: 'settled';
+  atMs: number;
+  key: string;
+  account: string;
+  tokens: number;
+  spendMicros: number;
+  /** The key's calendar budgets after the debit, for threshold-crossing alerts. */
+  budgets: { metric: CrossingMetric; used: number; limit: number; periodEndMs: number }[];
+}
