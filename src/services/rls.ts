@@ -1,18 +1,16 @@
-import { create } from '@bufbuild/protobuf';
 import type { RateLimitDescriptor } from '../../gen/envoy/extensions/common/ratelimit/v3/ratelimit_pb.js';
 import {
   type RateLimitRequest,
-  type RateLimitResponse,
   RateLimitResponse_Code,
-  RateLimitResponse_DescriptorStatusSchema,
-  RateLimitResponseSchema,
   RateLimitService,
 } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import { RateLimitUnitSchema } from '../../gen/envoy/type/v3/ratelimit_unit_pb.js';
-import { invalid } from '../errors.js';
+import { invalid, RkError } from '../errors.js';
 import { rlsDecisions, rlsDuration, UNKNOWN_DOMAIN } from '../metrics.js';
+import { StoreUnavailableError } from '../store/store.js';
 import { bind, type ServiceBinding } from '../transport/types.js';
 import type { Deps } from './deps.js';
+import { decideGeneric } from './rls-generic.js';
 
 /** Envoy sends a handful; far more is a misconfiguration or abuse, refused before any work. */
 export const MAX_DESCRIPTORS = 64;
@@ -53,14 +51,12 @@ export const validate = (req: RateLimitRequest): void => {
   req.descriptors.forEach(validateDescriptor);
 };
 
-/** A domain nobody configured limits nothing: every descriptor is OK with no limit, as in envoyproxy/ratelimit. */
-const unlimited = (req: RateLimitRequest): RateLimitResponse =>
-  create(RateLimitResponseSchema, {
-    overallCode: RateLimitResponse_Code.OK,
-    statuses: req.descriptors.map(() =>
-      create(RateLimitResponse_DescriptorStatusSchema, { code: RateLimitResponse_Code.OK }),
-    ),
-  });
+/** The store could not answer and the failure mode did not admit: the caller may retry elsewhere. */
+const unavailable = (err: unknown): never => {
+  if (err instanceof StoreUnavailableError)
+    throw new RkError('UNAVAILABLE', `store unavailable: ${err.message}`);
+  throw err;
+};
 
 const CODE_LABEL: Record<RateLimitResponse_Code, string> = {
   [RateLimitResponse_Code.UNKNOWN]: 'UNKNOWN',
@@ -76,7 +72,7 @@ export const rlsBinding = (deps: Deps): ServiceBinding =>
       const config = deps.config();
       const known = config.domains.has(req.domain) || config.inference?.domain === req.domain;
       const domain = known ? req.domain : UNKNOWN_DOMAIN;
-      const res = unlimited(req);
+      const res = await decideGeneric(req, deps).catch(unavailable);
       rlsDecisions.inc({ domain, code: CODE_LABEL[res.overallCode] });
       rlsDuration.observe({ domain }, Number(process.hrtime.bigint() - started) / 1e9);
       return res;

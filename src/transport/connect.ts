@@ -121,26 +121,22 @@ export const startHttp = async (opts: HttpOptions): Promise<HttpTransport> => {
     s.once('close', () => sessions.delete(s));
   });
 
-  const route = (socket: Socket, head: Buffer): void => {
-    socket.pause();
-    socket.unshift(head);
-    const isH2 = head.subarray(0, H2_PREFACE.length).equals(H2_PREFACE.subarray(0, head.length));
-    (isH2 ? h2 : h1).emit('connection', socket);
-    socket.resume();
-  };
-
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
-    let head = Buffer.alloc(0);
-    const onData = (chunk: Buffer): void => {
-      head = Buffer.concat([head, chunk]);
+    // Peek with read()/unshift() in paused mode: http2 takes over the socket and reads what is
+    // buffered, which it would not do for bytes already emitted as 'data'.
+    const onReadable = (): void => {
+      const head = socket.read() as Buffer | null;
+      if (head === null) return;
+      socket.unshift(head);
       // Four bytes tell "PRI " from any HTTP/1.1 method.
       if (head.length < 4 && H2_PREFACE.subarray(0, head.length).equals(head)) return;
-      socket.off('data', onData);
-      route(socket, head);
+      socket.off('readable', onReadable);
+      const isH2 = head.subarray(0, H2_PREFACE.length).equals(H2_PREFACE.subarray(0, head.length));
+      (isH2 ? h2 : h1).emit('connection', socket);
     };
-    socket.on('data', onData);
+    socket.on('readable', onReadable);
     socket.on('error', (err) => log.debug({ err }, 'http socket error'));
   });
 

@@ -1,0 +1,70 @@
+import { ConfigError } from '../config/errors.js';
+import { createLogger } from '../log.js';
+import { type ServerParts, startServer } from '../server.js';
+import { parseSettings, type Settings, SettingsError, settingsHelp } from '../settings.js';
+
+const USAGE = `Usage: ratekeeper serve --config PATH [options]
+
+Serves Envoy's RLS v3 and the Ratekeeper services on a gRPC port and an HTTP port (Connect, gRPC-Web,
+/healthz), with Prometheus metrics on a third. Every flag can be given as the environment variable
+beside it; the flag wins.
+
+  flag                     environment variable             meaning
+${settingsHelp()}
+  --help                                                    this text
+`;
+
+/**
+ * Serves until SIGTERM or SIGINT, then drains and stops; resolves with the exit code. A second
+ * signal while draining stops waiting and exits 1.
+ */
+export const serveUntilSignal = async (settings: Settings, parts: ServerParts = {}): Promise<number> => {
+  const log = parts.log ?? createLogger(settings.logLevel);
+  let server: Awaited<ReturnType<typeof startServer>>;
+  try {
+    server = await startServer(settings, { ...parts, log });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`ratekeeper: invalid config:\n${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  return new Promise<number>((resolve) => {
+    let draining = false;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (draining) {
+        log.warn({ signal }, 'second signal while draining: exiting now');
+        resolve(1);
+        return;
+      }
+      draining = true;
+      log.info({ signal }, 'signal received');
+      server.stop().then(
+        () => resolve(0),
+        (err) => {
+          log.error({ err }, 'shutdown failed');
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+};
+
+export const run = async (argv: string[]): Promise<number> => {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  let settings: Settings;
+  try {
+    settings = parseSettings(argv);
+  } catch (err) {
+    if (!(err instanceof SettingsError)) throw err;
+    process.stderr.write(`ratekeeper serve: ${err.message}\n\n${USAGE}`);
+    return 2;
+  }
+  return serveUntilSignal(settings);
+};
