@@ -1,0 +1,229 @@
+/**
+ * Post-response settlement, pure (contract §3): actual token counts → one store settle that
+ * corrects the admission's reservation, adds tokens to the account × model windows and the
+ * monthly tokens, adds spend to daily and monthly spend, and frees the slots.
+ */
+import type { InferencePolicy, Model, Price } from '../config/inference.js';
+import { invalid } from '../errors.js';
+import type { Principal } from '../keys/resolve.js';
+import type { OpState, Settle, SettleResult } from '../store/store.js';
+import { modelLimits, type OpMeta, RESERVATION_GRACE_MS } from './inference.js';
+import { inferenceKeys as K, periodsAt } from './inference-keys.js';
+
+/** Monthly counters stay readable this long after their month (reports on last month). */
+const MONTH_KEEP_MS = 35 * 86_400_000;
+const DAY_KEEP_MS = 8 * 86_400_000;
+
+/** Actual usage; `tokens` alone (stream-done total) has no input/output split. */
+export interface Usage {
+  tokensIn?: number;
+  tokensOut?: number;
+  tokens?: number;
+}
+
+export interface SettlePlan {
+  settle: Settle;
+  windowMeta: OpMeta[];
+  counterMeta: OpMeta[];
+  spendMicros: number;
+  tokensIn: number;
+  tokensOut: number;
+}
+
+/**
+ * Spend in integer micro-dollars, rounded half up once per debit. A total without split is
+ * charged at the higher of the two prices, so a cap is never under-charged.
+ */
+export function spendMicros(price: Price | undefined, u: Usage): number {
+  if (!price) return 0;
+  const M = 1_000_000n;
+  let num: bigint;
+  if (u.tokensIn === undefined && u.tokensOut === undefined) {
+    const p = Math.max(price.inputMicrosPerMillion, price.outputMicrosPerMillion);
+    num = BigInt(u.tokens ?? 0) * BigInt(p);
+  } else {
+    num =
+      BigInt(u.tokensIn ?? 0) * BigInt(price.inputMicrosPerMillion) +
+      BigInt(u.tokensOut ?? 0) * BigInt(price.outputMicrosPerMillion);
+  }
+  return Number((num + M / 2n) / M);
+}
+
+/** The model a debit is priced by; unknown models cannot be priced and are refused. */
+export function modelFor(policy: InferencePolicy, model: string, field: string): Model {
+  if (model === '') throw invalid(field, 'must not be empty');
+  const m = policy.models.get(model);
+  if (!m) throw invalid(field, `unknown model "${model.slice(0, 64)}": no price to debit it by`);
+  return m;
+}
+
+export function planSettle(
+  policy: InferencePolicy,
+  p: Principal,
+  model: Model,
+  usage: Usage,
+  requestId: string,
+  release: boolean,
+  nowMs: number,
+  onceSuffix = '',
+): SettlePlan {
+  const tier = policy.tiers.get(p.tier) ?? policy.tiers.get(policy.defaultTier)!;
+  const ml = modelLimits(model, tier.name);
+  const a = p.account;
+  const total = usage.tokens ?? (usage.tokensIn ?? 0) + (usage.tokensOut ?? 0);
+  const windows: Settle['windows'] = [];
+  const windowMeta: OpMeta[] = [];
+  if (tier.tokens) {
+    const l = tier.tokens;
+    windows.push({
+      key: K.keyTokens(a, p.ref, l.windowMs),
+      windowMs: l.windowMs,
+      limit: l.limit,
+      amount: total,
+    });
+    windowMeta.push({
+      metric: 'tokens',
+      scope: 'key',
+      limit: l.limit,
+      windowMs: l.windowMs,
+      window: l.window,
+      cost: total,
+    });
+  }
+  if (ml?.tokensIn && usage.tokensIn !== undefined) {
+    const l = ml.tokensIn;
+    const key = K.modelTokensIn(a, model.id, l.windowMs);
+    windows.push({ key, windowMs: l.windowMs, limit: l.limit, amount: usage.tokensIn });
+    windowMeta.push({
+      metric: 'tokens_in',
+      scope: 'account_model',
+      limit: l.limit,
+      windowMs: l.windowMs,
+      window: l.window,
+      cost: usage.tokensIn,
+    });
+  }
+  if (ml?.tokensOut && usage.tokensOut !== undefined) {
+    const l = ml.tokensOut;
+    const key = K.modelTokensOut(a, model.id, l.windowMs);
+    windows.push({ key, windowMs: l.windowMs, limit: l.limit, amount: usage.tokensOut });
+    windowMeta.push({
+      metric: 'tokens_out',
+      scope: 'account_model',
+      limit: l.limit,
+      windowMs: l.windowMs,
+      window: l.window,
+      cost: usage.tokensOut,
+    });
+  }
+
+  const spend = spendMicros(model.price, usage);
+  const periods = periodsAt(nowMs, policy.timezone);
+  const monthMs = periods.monthEndMs - periods.monthStartMs;
+  const dayMs = periods.dayEndMs - periods.dayStartMs;
+  // Usage is counted even without a cap, so reports and a cap set later see it.
+  const counters: Settle['counters'] = [
+    {
+      key: K.monthlyTokens(a, p.ref, periods.month),
+      amount: total,
+      ttlMs: periods.monthEndMs - nowMs + MONTH_KEEP_MS,
+      limit: p.caps.monthlyTokens ?? 0,
+      periodEndMs: periods.monthEndMs,
+    },
+    {
+      key: K.monthlySpend(a, p.ref, periods.month),
+      amount: spend,
+      ttlMs: periods.monthEndMs - nowMs + MONTH_KEEP_MS,
+      limit: p.caps.monthlySpendMicros ?? 0,
+      periodEndMs: periods.monthEndMs,
+    },
+    {
+      key: K.dailySpend(a, p.ref, periods.day),
+      amount: spend,
+      ttlMs: periods.dayEndMs - nowMs + DAY_KEEP_MS,
+      limit: p.caps.dailySpendMicros ?? 0,
+      periodEndMs: periods.dayEndMs,
+    },
+  ];
+  const cap = (limit: number | undefined) => (limit === undefined ? { unlimited: true } : {});
+  const counterMeta: OpMeta[] = [
+    {
+      metric: 'monthly_tokens',
+      scope: 'key',
+      limit: p.caps.monthlyTokens ?? 0,
+      windowMs: monthMs,
+      window: 'month',
+      cost: total,
+      ...cap(p.caps.monthlyTokens),
+    },
+    {
+      metric: 'monthly_spend',
+      scope: 'key',
+      limit: p.caps.monthlySpendMicros ?? 0,
+      windowMs: monthMs,
+      window: 'month',
+      cost: spend,
+      ...cap(p.caps.monthlySpendMicros),
+    },
+    {
+      metric: 'daily_spend',
+      scope: 'key',
+      limit: p.caps.dailySpendMicros ?? 0,
+      windowMs: dayMs,
+      window: 'day',
+      cost: spend,
+      ...cap(p.caps.dailySpendMicros),
+    },
+  ];
+
+  const leaseMs = Math.max(model.leaseMs, policy.leaseMs);
+  return {
+    settle: {
+      requestId,
+      reservationKey: K.reservation(a, requestId),
+      onceKey: K.once(a, requestId, onceSuffix),
+      onceTtlMs: leaseMs + RESERVATION_GRACE_MS,
+      windows,
+      counters,
+      release,
+    },
+    windowMeta,
+    counterMeta,
+    spendMicros: spend,
+    tokensIn: usage.tokensIn ?? 0,
+    tokensOut: usage.tokensOut ?? 0,
+  };
+}
+
+export interface LimitStateOut {
+  metric: string;
+  scope: string;
+  limit: number;
+  used: number;
+  remaining: number;
+  windowSeconds: number;
+  /** Unix seconds at which the whole limit is available again. */
+  reset: number;
+}
+
+const limitState = (m: OpMeta, s: OpState, nowMs: number): LimitStateOut => ({
+  metric: m.metric,
+  scope: m.scope,
+  limit: m.limit,
+  used: s.used,
+  remaining: Math.max(0, m.limit - s.used),
+  windowSeconds: Math.ceil(m.windowMs / 1000),
+  reset: Math.ceil((nowMs + s.resetMs) / 1000),
+});
+
+/** What remains of each limited window and cap the debit touched. */
+export function settledLimits(plan: SettlePlan, r: SettleResult): LimitStateOut[] {
+  const out: LimitStateOut[] = [];
+  plan.windowMeta.forEach((m, i) => {
+    out.push(limitState(m, r.windows[i]!, r.nowMs));
+  });
+  plan.counterMeta.forEach((m, i) => {
+    if (!m.unlimited) out.push(limitState(m, r.counters[i]!, r.nowMs));
+  });
+  return out;
+}

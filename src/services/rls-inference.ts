@@ -1,0 +1,219 @@
+import { randomUUID } from 'node:crypto';
+import { create } from '@bufbuild/protobuf';
+import { DurationSchema } from '@bufbuild/protobuf/wkt';
+import { Counter } from 'prom-client';
+import { HeaderValueSchema } from '../../gen/envoy/config/core/v3/base_pb.js';
+import {
+  type RateLimitRequest,
+  type RateLimitResponse,
+  RateLimitResponse_Code,
+  RateLimitResponse_DescriptorStatusSchema,
+  RateLimitResponse_RateLimit_Unit,
+  RateLimitResponse_RateLimitSchema,
+  RateLimitResponseSchema,
+} from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import type { InferencePolicy } from '../config/inference.js';
+import { invalid } from '../errors.js';
+import { type Principal, resolveKey } from '../keys/resolve.js';
+import { registry } from '../metrics.js';
+import {
+  type Admission,
+  checkHints,
+  type LlmRequest,
+  type Outcome,
+  type ParsedInference,
+  parseInferenceRequest,
+  planAdmission,
+  precheck,
+  renderAdmission,
+  renderPolicyDenial,
+  type Unit,
+} from '../policy/inference.js';
+import type { DecisionResult } from '../store/store.js';
+import type { CallContext } from '../transport/types.js';
+import type { Deps } from './deps.js';
+import type { LimitUsage } from './inference-events.js';
+import { anonymousRequestId, debit, policyOf } from './usage.js';
+
+export const inferenceDecisions = new Counter({
+  name: 'ratekeeper_inference_decisions_total',
+  help: 'Inference-domain admissions by answer: OK or the denial code.',
+  labelNames: ['code'] as const,
+  registers: [registry],
+});
+
+export const leaseExpiries = new Counter({
+  name: 'ratekeeper_expired_slot_leases_total',
+  help: 'Concurrency slot leases freed because no Debit or Release came in time (runaway/hung requests); a request holding a key and an account x model slot counts once per slot.',
+  registers: [registry],
+});
+
+const UNIT: Record<Unit, RateLimitResponse_RateLimit_Unit> = {
+  unknown: RateLimitResponse_RateLimit_Unit.UNKNOWN,
+  second: RateLimitResponse_RateLimit_Unit.SECOND,
+  minute: RateLimitResponse_RateLimit_Unit.MINUTE,
+  hour: RateLimitResponse_RateLimit_Unit.HOUR,
+  day: RateLimitResponse_RateLimit_Unit.DAY,
+  month: RateLimitResponse_RateLimit_Unit.MONTH,
+};
+
+const header = ([key, value]: [string, string]) => create(HeaderValueSchema, { key, value });
+const duration = (ms: number) =>
+  create(DurationSchema, { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 });
+const utf8 = new TextEncoder();
+
+export function toResponse(o: Outcome): RateLimitResponse {
+  return create(RateLimitResponseSchema, {
+    overallCode: o.admitted ? RateLimitResponse_Code.OK : RateLimitResponse_Code.OVER_LIMIT,
+    statuses: o.statuses.map((s) =>
+      create(RateLimitResponse_DescriptorStatusSchema, {
+        code: s.overLimit ? RateLimitResponse_Code.OVER_LIMIT : RateLimitResponse_Code.OK,
+        ...(s.limit
+          ? {
+              currentLimit: create(RateLimitResponse_RateLimitSchema, {
+                name: s.limit.name,
+                requestsPerUnit: s.limit.requestsPerUnit,
+                unit: UNIT[s.limit.unit],
+              }),
+            }
+          : {}),
+        limitRemaining: s.remaining,
+        ...(s.durationMs !== undefined ? { durationUntilReset: duration(s.durationMs) } : {}),
+      }),
+    ),
+    responseHeadersToAdd: o.responseHeaders.map(header),
+    requestHeadersToAdd: o.requestHeaders.map(header),
+    ...(o.body !== undefined ? { rawBody: utf8.encode(o.body) } : {}),
+  });
+}
+
+const allOk = (n: number): Outcome => ({
+  admitted: true,
+  statuses: Array.from({ length: n }, () => ({ overLimit: false, remaining: 0 })),
+  responseHeaders: [],
+  requestHeaders: [],
+});
+
+const emit = (
+  deps: Deps,
+  p: Principal,
+  req: LlmRequest,
+  requestId: string,
+  o: Outcome,
+  atMs: number,
+  adm?: Admission,
+  result?: DecisionResult,
+) => {
+  const hook = deps.events?.onDecision;
+  if (!hook) return;
+  const limits: LimitUsage[] = [];
+  if (adm && result) {
+    adm.meta.forEach((m, i) => {
+      if (!m.unlimited) {
+        limits.push({
+          metric: m.metric,
+          scope: m.scope,
+          limit: m.limit,
+          used: result.states[i]!.used,
+          windowMs: m.windowMs,
+        });
+      }
+    });
+  }
+  try {
+    hook({
+      atMs,
+      keyRef: p.ref,
+      ...(p.keyId !== undefined ? { keyId: p.keyId } : {}),
+      account: p.account,
+      tier: p.tier,
+      ...(req.model !== undefined ? { model: req.model } : {}),
+      requestId,
+      admitted: o.admitted,
+      ...(o.code !== undefined ? { code: o.code } : {}),
+      ...(o.deniedMeta ? { denied: { metric: o.deniedMeta.metric, scope: o.deniedMeta.scope } } : {}),
+      limits,
+    });
+  } catch (e) {
+    deps.log.error({ err: e }, 'onDecision hook failed');
+  }
+};
+
+/** Envoy's apply_on_stream_done descriptors: a debit that always answers OK. */
+async function streamDone(deps: Deps, policy: InferencePolicy, parsed: ParsedInference): Promise<Outcome> {
+  const llm = parsed.llm!;
+  const usage = parsed.usage!;
+  checkHints(llm, policy);
+  if (llm.model === undefined)
+    throw invalid(llm.at.usage!, 'a usage descriptor needs a model entry to be priced');
+  const p = resolveKey(llm.key, policy, deps.keys, { account: llm.account, tier: llm.tier });
+  const kinds = Object.keys(usage).sort().join(',');
+  await debit(
+    deps,
+    policy,
+    p,
+    llm.model,
+    llm.at.model!,
+    {
+      ...(usage.tokens_in !== undefined ? { tokensIn: usage.tokens_in } : {}),
+      ...(usage.tokens_out !== undefined ? { tokensOut: usage.tokens_out } : {}),
+      ...(usage.tokens !== undefined ? { tokens: usage.tokens } : {}),
+    },
+    llm.requestId ?? anonymousRequestId(),
+    true,
+    // Envoy may report tokens_in and tokens_out in separate calls for one request: each counts once.
+    `:sd:${kinds}`,
+  );
+  return allOk(parsed.scopes.length);
+}
+
+/**
+ * ShouldRateLimit for the inference domain (called by rls.ts after validation): one decision per
+ * request, atomic, in one store round trip (contract §2, §4).
+ */
+export async function decideInference(
+  req: RateLimitRequest,
+  deps: Deps,
+  _ctx?: CallContext,
+): Promise<RateLimitResponse> {
+  const policy = policyOf(deps);
+  const parsed = parseInferenceRequest(req.descriptors, req.hitsAddend);
+  const llm = parsed.llm;
+  if (!llm) return toResponse(allOk(parsed.scopes.length));
+  if (parsed.usage) return toResponse(await streamDone(deps, policy, parsed));
+
+  checkHints(llm, policy);
+  const p = resolveKey(llm.key, policy, deps.keys, { account: llm.account, tier: llm.tier });
+  const generated = llm.requestId === undefined ? randomUUID() : undefined;
+  const requestId = llm.requestId ?? generated!;
+
+  const denial = precheck(policy, p, llm);
+  if (denial) {
+    const o = renderPolicyDenial(denial, parsed.scopes, generated);
+    inferenceDecisions.inc({ code: denial.code });
+    emit(deps, p, llm, requestId, o, deps.store.now());
+    return toResponse(o);
+  }
+
+  const adm = planAdmission(policy, p, llm, deps.store.now(), requestId);
+  const result = await deps.store.decide(adm.decision);
+  const o = renderAdmission(adm, result, parsed.scopes, generated !== undefined);
+  inferenceDecisions.inc({ code: o.code ?? 'OK' });
+  if (result.expiredLeases > 0) {
+    leaseExpiries.inc(result.expiredLeases);
+    try {
+      deps.events?.onLeaseExpired?.({
+        atMs: result.nowMs,
+        keyRef: p.ref,
+        account: p.account,
+        count: result.expiredLeases,
+      });
+    } catch (e) {
+      deps.log.error({ err: e }, 'onLeaseExpired hook failed');
+    }
+  }
+  emit(deps, p, llm, requestId, o, result.nowMs, adm, result);
+  if (!o.admitted)
+    deps.log.debug({ key: p.ref, account: p.account, code: o.code, requestId }, 'inference denied');
+  return toResponse(o);
+}
