@@ -1,0 +1,50 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BENCH_MODEL, GENERIC_DOMAIN, INFERENCE_DOMAIN } from './requests.js';
+
+/** Far above any rate this machine reaches, so the bench measures decisions that admit. */
+const HIGH = 100_000_000_000;
+
+/** One generic domain with one descriptor limit (scenarios a, b, e). */
+const GENERIC = `domain: ${GENERIC_DOMAIN}
+descriptors:
+  - key: client
+    rate_limit:
+      unit: second
+      requests_per_unit: 4000000000
+`;
+
+/**
+ * Unregistered keys on a tier with request and token windows per key, and account × model request,
+ * tokens-in and tokens-out windows: five sliding windows per decision. Concurrency is left unlimited
+ * (blank) because the bench sends no Debit/Release: slots would pile up until their leases expire,
+ * which measures lease bookkeeping rather than decisions.
+ */
+const POLICY = `kind: inference-policy
+domain: ${INFERENCE_DOMAIN}
+pepper: bench-pepper
+default_tier: bench
+tiers:
+  bench:
+    requests: { limit: ${HIGH}, window: minute }
+    tokens: { limit: ${HIGH}, window: minute }
+    concurrent: null
+models:
+  ${BENCH_MODEL}:
+    price: { input_per_million_usd: 1, output_per_million_usd: 2 }
+    limits:
+      bench:
+        requests: { limit: ${HIGH}, window: minute }
+        tokens_in: { limit: ${HIGH}, window: minute }
+        tokens_out: { limit: ${HIGH}, window: minute }
+        concurrent: null
+`;
+
+/** Writes the bench config directory; returns its path. */
+export const writeBenchConfig = (dir: string): string => {
+  const path = join(dir, 'config');
+  mkdirSync(path, { recursive: true });
+  writeFileSync(join(path, 'bench.yaml'), GENERIC);
+  writeFileSync(join(path, 'policy.yaml'), POLICY);
+  return path;
+};

@@ -1,0 +1,109 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { cpuMs } from './proc.js';
+import { type LatencySummary, summarize } from './stats.js';
+
+export const h2loadAvailable = (): boolean => spawnSync('h2load', ['--version']).status === 0;
+
+export interface H2Spec {
+  url: string;
+  body: Uint8Array;
+  headers: string[];
+  connections: number;
+  /** Streams in flight per connection. */
+  streams: number;
+  warmupS: number;
+  durationS: number;
+  /** Paced: requests/s per connection (h2load --rps). */
+  rpsPerConnection?: number;
+  dir: string;
+  /** Called when the measured window opens and closes (by the clock: h2load does not say). */
+  onWindow?: (phase: 'measuring' | 'measured') => void;
+}
+
+export interface H2Result {
+  decisions: number;
+  failed: number;
+  rate: number;
+  latency: LatencySummary;
+  clientCpuMs: number;
+  clientCpuShare: number;
+  elapsedS: number;
+}
+
+/** h2load (nghttp2, C) posting one fixed body over HTTP/2 prior knowledge; latencies from its per-request log. */
+export const runH2load = async (spec: H2Spec): Promise<H2Result> => {
+  const bodyFile = join(spec.dir, 'h2load.body');
+  const logFile = join(spec.dir, 'h2load.log');
+  writeFileSync(bodyFile, spec.body);
+  writeFileSync(logFile, '');
+  const args = [
+    '-c',
+    String(spec.connections),
+    '-m',
+    String(spec.streams),
+    '-t',
+    '1',
+    '-d',
+    bodyFile,
+    '-D',
+    String(spec.durationS),
+    '--warm-up-time',
+    String(spec.warmupS),
+    `--log-file=${logFile}`,
+    ...spec.headers.flatMap((h) => ['-H', h]),
+    ...(spec.rpsPerConnection ? [`--rps=${spec.rpsPerConnection}`] : []),
+    spec.url,
+  ];
+  const p = spawn('h2load', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  p.stdout.on('data', (b: Buffer) => {
+    out += b.toString();
+  });
+  p.stderr.on('data', (b: Buffer) => {
+    out += b.toString();
+  });
+  let cpuStart = 0;
+  let cpuEnd = 0;
+  const pid = p.pid ?? 0;
+  // h2load connects first, then warms up; the window is timed from the spawn.
+  const t1 = setTimeout(
+    () => {
+      cpuStart = cpuMs(pid);
+      spec.onWindow?.('measuring');
+    },
+    spec.warmupS * 1000 + 50,
+  );
+  const t2 = setTimeout(
+    () => {
+      cpuEnd = cpuMs(pid);
+      spec.onWindow?.('measured');
+    },
+    (spec.warmupS + spec.durationS) * 1000,
+  );
+  const code = await new Promise<number | null>((r) => p.on('exit', r));
+  clearTimeout(t1);
+  clearTimeout(t2);
+  if (cpuEnd === 0) cpuEnd = cpuStart;
+  const done =
+    /requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored/.exec(out);
+  const finished = /finished in ([\d.]+)(m?s), ([\d.]+) req\/s/.exec(out);
+  if (code !== 0 || !done || !finished) throw new Error(`h2load failed (exit ${code}):\n${out.slice(-2000)}`);
+  const elapsedS = Number(finished[1]) / (finished[2] === 'ms' ? 1000 : 1);
+  const durations = readFileSync(logFile, 'utf8')
+    .split('\n')
+    .filter((l) => l.length > 0)
+    .map((l) => Number(l.split('\t')[2]));
+  const sorted = Float64Array.from(durations).sort();
+  const clientCpuMs = cpuEnd - cpuStart;
+  return {
+    decisions: Number(done[2]),
+    failed: Number(done[3]) + Number(done[4]),
+    rate: Number(finished[3]),
+    latency: summarize(sorted),
+    clientCpuMs,
+    clientCpuShare: clientCpuMs / (spec.durationS * 1000),
+    elapsedS,
+  };
+};

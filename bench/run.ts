@@ -1,0 +1,754 @@
+/**
+ * `npm run bench [-- --duration 10 --concurrency 64 --scenarios a,b,c,d,e]`: starts the real server
+ * (child process), its own redis-server and the ceilings, drives each scenario from separate load
+ * generator processes (grpc-js / connect-node, and h2load when installed), and prints throughput,
+ * latency, server CPU per 1,000 decisions, peak RSS and Redis calls per decision, with ratios to the
+ * ceilings. Writes the figures as JSON to bench/results/<timestamp>.json.
+ */
+import { fork } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fromBinary, toBinary } from '@bufbuild/protobuf';
+import * as grpc from '@grpc/grpc-js';
+import {
+  type RateLimitRequest,
+  RateLimitRequestSchema,
+  RateLimitResponse_Code,
+  RateLimitResponseSchema,
+} from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import { writeBenchConfig } from './config.js';
+import { h2loadAvailable, runH2load } from './h2load.js';
+import type { LoadMessage, LoadResult, LoadSpec } from './loadgen.js';
+import {
+  type Child,
+  cpuMs,
+  freePort,
+  machineJiffies,
+  peakRssMb,
+  sibling,
+  startChild,
+  waitFor,
+} from './proc.js';
+import { formatProfile, type ProfileSummary, profilesIn, summarizeProfile } from './profile.js';
+import {
+  type BenchRedis,
+  clientCalls,
+  commandStats,
+  diffStats,
+  type MonitorSample,
+  redisBenchmark,
+  sampleMonitor,
+  startRedis,
+} from './redis.js';
+import { formatTable } from './report.js';
+import { buildRequests, grpcFrame, type RequestShape, SERVICE_PATH } from './requests.js';
+import type { LatencySummary } from './stats.js';
+
+export interface Options {
+  durationS: number;
+  warmupS: number;
+  concurrency: number;
+  connections: number;
+  scenarios: string[];
+  h2load: boolean;
+  paced: boolean;
+  profile: boolean;
+  keys: number;
+  tokens: number;
+  out: string;
+}
+
+const USAGE = `npm run bench -- [options]   (each option also as env BENCH_<NAME>)
+  --duration S       measured seconds per pass (default 10)
+  --warmup S         warm-up seconds before each pass (default 2)
+  --concurrency N    calls in flight (default 64)
+  --connections N    HTTP/2 connections per load generator (default 2)
+  --scenarios LIST   a,b,c,d,e (default all; ceilings run as needed)
+  --keys N           distinct API keys in scenario d (default 10000)
+  --tokens N         tokens per inference request (default 512)
+  --no-h2load        skip the h2load passes
+  --no-paced         skip the paced pass at 50% of peak
+  --profile          run the server under --cpu-prof and summarize the hot path
+  --out DIR          where the JSON goes (default bench/results)
+`;
+
+export const parseOptions = (argv: string[], env: NodeJS.ProcessEnv = process.env): Options => {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      duration: { type: 'string' },
+      warmup: { type: 'string' },
+      concurrency: { type: 'string' },
+      connections: { type: 'string' },
+      scenarios: { type: 'string' },
+      keys: { type: 'string' },
+      tokens: { type: 'string' },
+      'no-h2load': { type: 'boolean' },
+      'no-paced': { type: 'boolean' },
+      profile: { type: 'boolean' },
+      out: { type: 'string' },
+      help: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  const num = (name: string, v: string | undefined, fallback: number): number => {
+    const raw = v ?? env[`BENCH_${name.toUpperCase()}`];
+    if (raw === undefined || raw === '') return fallback;
+    const n = Number(raw);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name}: expected a positive number, got "${raw}"`);
+    return n;
+  };
+  const flag = (name: string, v: boolean | undefined): boolean =>
+    v === true || ['1', 'true', 'yes'].includes(env[`BENCH_${name.toUpperCase().replace('-', '_')}`] ?? '');
+  const scenarios = (values.scenarios ?? env.BENCH_SCENARIOS ?? 'a,b,c,d,e')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const s of scenarios) if (!SCENARIOS[s]) throw new Error(`--scenarios: unknown scenario "${s}" (a-e)`);
+  return {
+    durationS: num('duration', values.duration, 10),
+    warmupS: num('warmup', values.warmup, 2),
+    concurrency: Math.round(num('concurrency', values.concurrency, 64)),
+    connections: Math.round(num('connections', values.connections, 2)),
+    scenarios,
+    h2load: !flag('no-h2load', values['no-h2load']),
+    paced: !flag('no-paced', values['no-paced']),
+    profile: flag('profile', values.profile),
+    keys: Math.round(num('keys', values.keys, 10_000)),
+    tokens: Math.round(num('tokens', values.tokens, 512)),
+    out: values.out ?? env.BENCH_OUT ?? 'bench/results',
+  };
+};
+
+interface Scenario {
+  title: string;
+  store: 'memory' | 'redis';
+  port: 'grpc' | 'http';
+  shape(o: Options): RequestShape;
+  /** Replay its Redis script alone for the script ceiling. */
+  scriptCeiling?: boolean;
+}
+
+const SCENARIOS: Record<string, Scenario> = {
+  a: {
+    title: 'generic, 1 descriptor, memory, gRPC',
+    store: 'memory',
+    port: 'grpc',
+    shape: () => ({ kind: 'generic' }),
+  },
+  b: {
+    title: 'generic, 1 descriptor, Redis, gRPC',
+    store: 'redis',
+    port: 'grpc',
+    shape: () => ({ kind: 'generic' }),
+    scriptCeiling: true,
+  },
+  c: {
+    title: 'inference, key + key×model + tokens, Redis',
+    store: 'redis',
+    port: 'grpc',
+    shape: (o) => ({ kind: 'inference', keys: 1, tokens: o.tokens }),
+    scriptCeiling: true,
+  },
+  d: {
+    title: 'inference (c) over N distinct keys, Redis',
+    store: 'redis',
+    port: 'grpc',
+    shape: (o) => ({ kind: 'inference', keys: o.keys, tokens: o.tokens }),
+  },
+  e: {
+    title: 'generic (a) on the Connect/HTTP port',
+    store: 'memory',
+    port: 'http',
+    shape: () => ({ kind: 'generic' }),
+  },
+};
+
+export type Driver = 'grpc-js' | 'connect-node' | 'h2load' | 'ioredis' | 'redis-benchmark';
+
+export interface Pass {
+  scenario: string;
+  title: string;
+  driver: Driver;
+  mode: 'peak' | 'paced';
+  /** Paced passes: the rate asked for. */
+  targetRate?: number;
+  rate: number;
+  decisions: number;
+  overLimit: number;
+  errors: Record<string, number>;
+  latency: LatencySummary;
+  serverCpuShare?: number;
+  serverCpuMsPer1k?: number;
+  clientCpuShare?: number;
+  redisCpuShare?: number;
+  redisCallsPerDecision?: number;
+  redisCommandsPerDecision?: number;
+  redisCommands?: Record<string, number>;
+  /** CPU (in cores) used by processes outside this benchmark during the window. */
+  othersCores?: number;
+  peakRssMb?: number;
+  vsEmpty?: number;
+  vsScript?: number;
+  limitedBy: string;
+}
+
+interface Target {
+  pid: number;
+  grpc: string;
+  http?: string;
+  stop(): Promise<void>;
+  child: Child;
+}
+
+interface Window {
+  serverCpu: number;
+  redisCpu: number;
+  jiffies: { total: number; idle: number };
+  at: number;
+  stats?: Promise<Map<string, number>>;
+}
+
+const NCPU = cpus().length;
+
+const snapshot = (target: Target | undefined, redis: BenchRedis | undefined): Window => ({
+  serverCpu: target ? cpuMs(target.pid) : 0,
+  redisCpu: redis?.child.proc.pid ? cpuMs(redis.child.proc.pid) : 0,
+  jiffies: machineJiffies(),
+  at: performance.now(),
+  ...(redis ? { stats: commandStats(redis.admin) } : {}),
+});
+
+interface Measured {
+  ms: number;
+  serverCpuMs: number;
+  redisCpuMs: number;
+  othersCores: number;
+  commands?: Record<string, number>;
+}
+
+const measure = async (w0: Window, w1: Window, ownCpuMs: number): Promise<Measured> => {
+  const ms = w1.at - w0.at;
+  const serverCpuMs = w1.serverCpu - w0.serverCpu;
+  const redisCpuMs = w1.redisCpu - w0.redisCpu;
+  const dt = w1.jiffies.total - w0.jiffies.total;
+  const busyCores = dt > 0 ? ((dt - (w1.jiffies.idle - w0.jiffies.idle)) / dt) * NCPU : 0;
+  const ours = (serverCpuMs + redisCpuMs + ownCpuMs) / ms;
+  const result: Measured = { ms, serverCpuMs, redisCpuMs, othersCores: Math.max(0, busyCores - ours) };
+  if (w0.stats && w1.stats) result.commands = diffStats(await w0.stats, await w1.stats);
+  return result;
+};
+
+/** Which side ran out first: the busiest of client, server and Redis CPU, or the shared machine. */
+const verdict = (
+  client: number | undefined,
+  server: number | undefined,
+  redis: number | undefined,
+  others: number,
+): string => {
+  const sides: [string, number][] = [
+    ['client CPU', client ?? 0],
+    ['server CPU', server ?? 0],
+    ['Redis CPU', redis ?? 0],
+  ];
+  sides.sort((a, b) => b[1] - a[1]);
+  const [name, share] = sides[0] as [string, number];
+  const used = sides.reduce((s, x) => s + x[1], 0) + others;
+  if (share >= 0.85) return `${name} (${Math.round(share * 100)}%)`;
+  if (used >= NCPU * 0.9) return `machine (${used.toFixed(1)}/${NCPU} cores busy)`;
+  return `neither (max ${name} ${Math.round(share * 100)}%): latency-bound`;
+};
+
+const runLoadgen = (spec: LoadSpec, onWindow: (phase: 'measuring' | 'measured') => void) =>
+  new Promise<LoadResult>((resolvePromise, reject) => {
+    const child = fork(sibling(import.meta.url, './loadgen'), [JSON.stringify(spec)], {
+      execArgv: process.execArgv,
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    let result: LoadResult | undefined;
+    child.on('message', (m: LoadMessage) => {
+      if (m.type === 'result') result = m.result;
+      else onWindow(m.type);
+    });
+    child.on('exit', (code) =>
+      result ? resolvePromise(result) : reject(new Error(`load generator exited with ${code} and no result`)),
+    );
+  });
+
+/** Calls the target once with the scenario's first request; a string says what went wrong. */
+const probe = (address: string, req: RateLimitRequest): Promise<string | undefined> =>
+  new Promise((done) => {
+    const client = new grpc.Client(address, grpc.credentials.createInsecure());
+    client.makeUnaryRequest(
+      SERVICE_PATH,
+      (m: RateLimitRequest) => Buffer.from(toBinary(RateLimitRequestSchema, m)),
+      (b: Buffer) => fromBinary(RateLimitResponseSchema, b),
+      req,
+      new grpc.Metadata(),
+      { deadline: Date.now() + 2000 },
+      (err, res) => {
+        client.close();
+        if (err) done(`${grpc.status[err.code]}: ${err.details}`);
+        else if (res?.overallCode !== RateLimitResponse_Code.OK)
+          done(`overall_code ${RateLimitResponse_Code[res?.overallCode ?? 0]}`);
+        else done(undefined);
+      },
+    );
+  });
+
+const waitReady = async (child: Child, address: string, req: RateLimitRequest): Promise<void> => {
+  await waitFor(`server at ${address}`, 20_000, async () => {
+    if (child.proc.exitCode !== null)
+      throw new Error(`server exited ${child.proc.exitCode}:\n${child.output()}`);
+    const err = await probe(address, req);
+    return err === undefined || !err.startsWith('UNAVAILABLE');
+  }).catch((err: Error) => {
+    throw new Error(`${err.message}\n${child.output()}`);
+  });
+  const err = await probe(address, req);
+  if (err)
+    throw new Error(
+      `the server answers the bench request with ${err}: check the bench config\n${child.output()}`,
+    );
+};
+
+const startRatekeeper = async (
+  configDir: string,
+  req: RateLimitRequest,
+  redis: BenchRedis | undefined,
+  profileDir: string | undefined,
+): Promise<Target> => {
+  const [port, httpPort, metricsPort] = [await freePort(), await freePort(), await freePort()];
+  const args = [
+    ...process.execArgv,
+    ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []),
+    sibling(import.meta.url, '../src/cli'),
+    'serve',
+    '--config',
+    configDir,
+    '--host',
+    '127.0.0.1',
+    '--port',
+    String(port),
+    '--http-port',
+    String(httpPort),
+    '--metrics-port',
+    String(metricsPort),
+    '--log-level',
+    'warn',
+    ...(redis ? ['--redis-url', redis.url] : []),
+  ];
+  const child = startChild(process.execPath, args);
+  const grpcAddr = `127.0.0.1:${port}`;
+  await waitReady(child, grpcAddr, req);
+  return {
+    pid: child.proc.pid ?? 0,
+    grpc: grpcAddr,
+    http: `http://127.0.0.1:${httpPort}`,
+    child,
+    stop: () => child.stop('SIGTERM', 15_000),
+  };
+};
+
+const startEmpty = async (req: RateLimitRequest): Promise<Target> => {
+  const port = await freePort();
+  const child = startChild(process.execPath, [
+    ...process.execArgv,
+    sibling(import.meta.url, './empty-server'),
+    String(port),
+  ]);
+  const grpcAddr = `127.0.0.1:${port}`;
+  await waitReady(child, grpcAddr, req);
+  return { pid: child.proc.pid ?? 0, grpc: grpcAddr, child, stop: () => child.stop() };
+};
+
+interface Ctx {
+  o: Options;
+  dir: string;
+  passes: Pass[];
+  notes: string[];
+  h2load: boolean;
+}
+
+const log = (s: string) => process.stderr.write(`${s}\n`);
+
+/** One pass from the grpc-js / connect-node load generator, with the server and Redis sampled over its window. */
+const nodePass = async (
+  ctx: Ctx,
+  id: string,
+  title: string,
+  target: Target,
+  redis: BenchRedis | undefined,
+  shape: RequestShape,
+  via: 'grpc' | 'http',
+  rate?: number,
+  monitor?: (s: MonitorSample) => void,
+  sample?: MonitorSample,
+): Promise<Pass> => {
+  const { o } = ctx;
+  let w0: Window | undefined;
+  let w1: Window | undefined;
+  let monitorDone: Promise<void> = Promise.resolve();
+  if (monitor && redis) {
+    // A MONITOR sample in the middle of the warm-up tells script-internal commands from round trips.
+    const at = o.warmupS * 250;
+    const len = Math.min(500, o.warmupS * 400);
+    monitorDone = new Promise((r) =>
+      setTimeout(() => {
+        sampleMonitor(redis.port, len)
+          .then(monitor, () => undefined)
+          .finally(r);
+      }, at),
+    );
+  }
+  const spec: LoadSpec = {
+    target: via === 'grpc' ? 'grpc' : 'connect',
+    address: via === 'grpc' ? target.grpc : (target.http ?? ''),
+    connections: o.connections,
+    concurrency: rate ? o.concurrency * 4 : o.concurrency,
+    warmupS: o.warmupS,
+    durationS: o.durationS,
+    shape,
+    ...(rate ? { rate } : {}),
+  };
+  const r = await runLoadgen(spec, (phase) => {
+    if (phase === 'measuring') w0 = snapshot(target, redis);
+    else w1 = snapshot(target, redis);
+  });
+  await monitorDone;
+  if (!w0 || !w1) throw new Error('the load generator never reported its window');
+  const m = await measure(w0, w1, r.clientCpuMs);
+  return finishPass(ctx, {
+    id,
+    title,
+    driver: via === 'grpc' ? 'grpc-js' : 'connect-node',
+    mode: rate ? 'paced' : 'peak',
+    ...(rate ? { targetRate: rate } : {}),
+    result: { ...r },
+    m,
+    target,
+    redis,
+    ...(sample ? { sample } : {}),
+  });
+};
+
+const finishPass = (
+  _ctx: Ctx,
+  p: {
+    id: string;
+    title: string;
+    driver: Driver;
+    mode: 'peak' | 'paced';
+    targetRate?: number;
+    result: {
+      decisions: number;
+      overLimit?: number;
+      errors?: Record<string, number>;
+      rate: number;
+      latency: LatencySummary;
+      clientCpuShare: number;
+    };
+    m: Measured;
+    target: Target | undefined;
+    redis: BenchRedis | undefined;
+    sample?: MonitorSample;
+    serverIsRedis?: boolean;
+  },
+): Pass => {
+  const { result: r, m } = p;
+  const serverCpuMs = p.serverIsRedis ? m.redisCpuMs : m.serverCpuMs;
+  const serverCpuShare = serverCpuMs / m.ms;
+  const redisCpuShare = p.redis ? m.redisCpuMs / m.ms : undefined;
+  const pass: Pass = {
+    scenario: p.id,
+    title: p.title,
+    driver: p.driver,
+    mode: p.mode,
+    ...(p.targetRate ? { targetRate: Math.round(p.targetRate) } : {}),
+    rate: r.rate,
+    decisions: r.decisions,
+    overLimit: r.overLimit ?? 0,
+    errors: r.errors ?? {},
+    latency: r.latency,
+    serverCpuShare,
+    serverCpuMsPer1k: r.decisions > 0 ? (serverCpuMs * 1000) / r.decisions : Number.NaN,
+    clientCpuShare: r.clientCpuShare,
+    ...(redisCpuShare !== undefined ? { redisCpuShare } : {}),
+    othersCores: m.othersCores,
+    ...(p.target && !p.serverIsRedis ? { peakRssMb: peakRssMb(p.target.pid) } : {}),
+    limitedBy: verdict(
+      r.clientCpuShare,
+      p.serverIsRedis ? undefined : serverCpuShare,
+      redisCpuShare,
+      m.othersCores,
+    ),
+  };
+  if (m.commands && r.decisions > 0) {
+    const total = Object.values(m.commands).reduce((s, x) => s + x, 0);
+    pass.redisCommands = m.commands;
+    pass.redisCommandsPerDecision = total / r.decisions;
+    pass.redisCallsPerDecision = clientCalls(m.commands, p.sample) / r.decisions;
+  }
+  log(
+    `  ${p.id} ${p.driver} ${p.mode}: ${Math.round(r.rate)}/s p99 ${r.latency.p99.toFixed(2)} ms, server ${Math.round(serverCpuShare * 100)}%, client ${Math.round(r.clientCpuShare * 100)}%${
+      Object.keys(pass.errors).length ? ` errors ${JSON.stringify(pass.errors)}` : ''
+    }`,
+  );
+  return pass;
+};
+
+/** h2load posting the scenario's first request as a fixed body. */
+const h2Pass = async (
+  ctx: Ctx,
+  id: string,
+  title: string,
+  target: Target,
+  redis: BenchRedis | undefined,
+  req: RateLimitRequest,
+  via: 'grpc' | 'http',
+  rate?: number,
+  sample?: MonitorSample,
+): Promise<Pass> => {
+  const { o } = ctx;
+  const connections = Math.max(1, o.connections);
+  let w0: Window | undefined;
+  let w1: Window | undefined;
+  const r = await runH2load({
+    url: via === 'grpc' ? `http://${target.grpc}${SERVICE_PATH}` : `${target.http}${SERVICE_PATH}`,
+    body: via === 'grpc' ? grpcFrame(req) : toBinary(RateLimitRequestSchema, req),
+    headers:
+      via === 'grpc'
+        ? ['content-type: application/grpc', 'te: trailers']
+        : ['content-type: application/proto', 'connect-protocol-version: 1'],
+    connections,
+    streams: Math.max(1, Math.ceil((rate ? o.concurrency * 4 : o.concurrency) / connections)),
+    warmupS: o.warmupS,
+    durationS: o.durationS,
+    ...(rate ? { rpsPerConnection: Math.max(1, Math.round(rate / connections)) } : {}),
+    dir: ctx.dir,
+    onWindow: (phase) => {
+      if (phase === 'measuring') w0 = snapshot(target, redis);
+      else w1 = snapshot(target, redis);
+    },
+  });
+  if (!w0 || !w1) throw new Error('h2load window was not sampled');
+  const m = await measure(w0, w1, r.clientCpuMs);
+  return finishPass(ctx, {
+    id,
+    title,
+    driver: 'h2load',
+    mode: rate ? 'paced' : 'peak',
+    ...(rate ? { targetRate: rate } : {}),
+    result: { ...r, errors: r.failed ? { failed: r.failed } : {} },
+    m,
+    target,
+    redis,
+    ...(sample ? { sample } : {}),
+  });
+};
+
+/** The script ceiling: the decision's own EVALSHA, replayed pipelined with no server in between. */
+const scriptCeiling = async (ctx: Ctx, id: string, redis: BenchRedis, command: string[]): Promise<void> => {
+  const { o } = ctx;
+  const title = `Redis script of (${id}) alone: ${command[0]} ${command.slice(1, 2).join(' ').slice(0, 12)}…`;
+  let w0: Window | undefined;
+  let w1: Window | undefined;
+  const r = await runLoadgen(
+    {
+      target: 'redis',
+      address: redis.url,
+      connections: 1,
+      concurrency: o.concurrency,
+      warmupS: Math.min(1, o.warmupS),
+      durationS: o.durationS,
+      command,
+    },
+    (phase) => {
+      if (phase === 'measuring') w0 = snapshot(undefined, redis);
+      else w1 = snapshot(undefined, redis);
+    },
+  );
+  if (w0 && w1) {
+    const m = await measure(w0, w1, r.clientCpuMs);
+    ctx.passes.push(
+      finishPass(ctx, {
+        id: `script:${id}`,
+        title,
+        driver: 'ioredis',
+        mode: 'peak',
+        result: r,
+        m,
+        target: undefined,
+        redis,
+        serverIsRedis: true,
+      }),
+    );
+  }
+  const rb = await redisBenchmark(redis.port, command, Math.max(20_000, Math.round(o.durationS * 40_000)));
+  if (!rb) {
+    ctx.notes.push('redis-benchmark not found or failed: script ceiling from ioredis only');
+    return;
+  }
+  log(`  script:${id} redis-benchmark: ${Math.round(rb.rate)}/s`);
+  ctx.passes.push({
+    scenario: `script:${id}`,
+    title,
+    driver: 'redis-benchmark',
+    mode: 'peak',
+    rate: rb.rate,
+    decisions: 0,
+    overLimit: 0,
+    errors: {},
+    latency: { p50: rb.p50, p99: rb.p99, p999: Number.NaN, max: Number.NaN, mean: Number.NaN },
+    limitedBy: 'Redis (C client, 16 connections × pipeline 16)',
+  });
+};
+
+const peakOf = (passes: Pass[], scenario: string): number =>
+  Math.max(0, ...passes.filter((p) => p.scenario === scenario && p.mode === 'peak').map((p) => p.rate));
+
+/** Paced pass at half the scenario's best peak: h2load when it can carry the shape, else the Node generator. */
+const pacedPass = async (
+  ctx: Ctx,
+  id: string,
+  title: string,
+  target: Target,
+  redis: BenchRedis | undefined,
+  shape: RequestShape,
+  via: 'grpc' | 'http',
+  fixed: boolean,
+  sample?: MonitorSample,
+): Promise<void> => {
+  const rate = peakOf(ctx.passes, id) / 2;
+  if (rate <= 0) return;
+  const req = buildRequests(shape)[0] as RateLimitRequest;
+  if (ctx.h2load && fixed)
+    ctx.passes.push(await h2Pass(ctx, id, title, target, redis, req, via, rate, sample));
+  else ctx.passes.push(await nodePass(ctx, id, title, target, redis, shape, via, rate, undefined, sample));
+};
+
+const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: BenchRedis | undefined) => {
+  const s = SCENARIOS[id] as Scenario;
+  const shape = s.shape(ctx.o);
+  const req = buildRequests(
+    shape.kind === 'inference' ? { ...shape, keys: 1 } : shape,
+  )[0] as RateLimitRequest;
+  log(`scenario ${id}: ${s.title}`);
+  if (redis) await redis.admin.flushall();
+  const profileDir = ctx.o.profile ? join(ctx.dir, `profile-${id}`) : undefined;
+  const target = await startRatekeeper(configDir, req, s.store === 'redis' ? redis : undefined, profileDir);
+  const usesRedis = s.store === 'redis' ? redis : undefined;
+  let sample: MonitorSample | undefined;
+  try {
+    ctx.passes.push(
+      await nodePass(ctx, id, s.title, target, usesRedis, shape, s.port, undefined, (m) => {
+        sample = m;
+      }),
+    );
+    // h2load repeats one body: scenario d's many keys cannot be expressed, and (c) already is that.
+    const fixed = shape.kind === 'generic' || shape.keys === 1;
+    if (ctx.h2load && fixed)
+      ctx.passes.push(await h2Pass(ctx, id, s.title, target, usesRedis, req, s.port, undefined, sample));
+    if (ctx.o.paced) await pacedPass(ctx, id, s.title, target, usesRedis, shape, s.port, fixed, sample);
+  } finally {
+    const rss = peakRssMb(target.pid);
+    await target.stop();
+    for (const p of ctx.passes) if (p.scenario === id) p.peakRssMb = rss;
+  }
+  if (s.scriptCeiling && usesRedis && sample?.hottest)
+    await scriptCeiling(ctx, id, usesRedis, sample.hottest);
+  else if (s.scriptCeiling) ctx.notes.push(`(${id}): no script call seen by MONITOR; no script ceiling`);
+};
+
+const emptyCeiling = async (ctx: Ctx) => {
+  const title = 'ceiling: empty grpc-js server, constant OK';
+  log(title);
+  const shape: RequestShape = { kind: 'generic' };
+  const req = buildRequests(shape)[0] as RateLimitRequest;
+  const target = await startEmpty(req);
+  try {
+    ctx.passes.push(await nodePass(ctx, 'empty', title, target, undefined, shape, 'grpc'));
+    if (ctx.h2load) ctx.passes.push(await h2Pass(ctx, 'empty', title, target, undefined, req, 'grpc'));
+    if (ctx.o.paced) await pacedPass(ctx, 'empty', title, target, undefined, shape, 'grpc', true);
+  } finally {
+    const rss = peakRssMb(target.pid);
+    await target.stop();
+    for (const p of ctx.passes) if (p.scenario === 'empty') p.peakRssMb = rss;
+  }
+};
+
+/** Ratios to the ceiling measured by the same driver (a Node client against a Node client's ceiling). */
+const addRatios = (passes: Pass[]) => {
+  const emptyBy = new Map(
+    passes.filter((p) => p.scenario === 'empty' && p.mode === 'peak').map((p) => [p.driver, p.rate]),
+  );
+  const script = (id: string) => peakOf(passes, `script:${id}`);
+  for (const p of passes) {
+    if (p.mode !== 'peak' || p.scenario === 'empty' || p.scenario.startsWith('script:')) continue;
+    const e = emptyBy.get(p.driver === 'connect-node' ? 'grpc-js' : p.driver);
+    if (e) p.vsEmpty = p.rate / e;
+    const sid = p.scenario === 'd' ? 'c' : p.scenario;
+    const sc = SCENARIOS[p.scenario]?.store === 'redis' ? script(sid) : 0;
+    if (sc) p.vsScript = p.rate / sc;
+  }
+};
+
+export const main = async (argv: string[]): Promise<number> => {
+  const o = parseOptions(argv);
+  const dir = mkdtempSync(join(tmpdir(), 'rk-bench-'));
+  const configDir = writeBenchConfig(dir);
+  const ctx: Ctx = { o, dir, passes: [], notes: [], h2load: o.h2load && h2loadAvailable() };
+  if (o.h2load && !ctx.h2load)
+    ctx.notes.push('h2load not installed (apt-get install -y nghttp2-client): h2load passes skipped');
+  const startedAt = new Date();
+  const load0 = loadavg();
+  let redis: BenchRedis | undefined;
+  const profiles: { scenario: string; summary: ProfileSummary }[] = [];
+  try {
+    if (o.scenarios.some((s) => SCENARIOS[s]?.store === 'redis')) redis = await startRedis();
+    await emptyCeiling(ctx);
+    for (const id of o.scenarios) {
+      await runScenario(ctx, id, configDir, redis);
+      if (o.profile)
+        for (const f of profilesIn(join(dir, `profile-${id}`)))
+          profiles.push({ scenario: id, summary: summarizeProfile(f) });
+    }
+  } finally {
+    await redis?.stop();
+  }
+  addRatios(ctx.passes);
+  const load1 = loadavg();
+  const report = {
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    options: o,
+    machine: { cpus: NCPU, loadavgBefore: load0, loadavgAfter: load1, node: process.version },
+    notes: ctx.notes,
+    passes: ctx.passes,
+    profiles,
+  };
+  process.stdout.write(`${formatTable(report)}\n`);
+  for (const p of profiles) process.stdout.write(`\n${formatProfile(p.scenario, p.summary)}\n`);
+  const outDir = resolve(o.out);
+  mkdirSync(outDir, { recursive: true });
+  const file = join(outDir, `${startedAt.toISOString().replace(/[:.]/g, '-')}.json`);
+  writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
+  process.stdout.write(`\nJSON: ${file}\n`);
+  if (!o.profile) rmSync(dir, { recursive: true, force: true });
+  else process.stdout.write(`profiles kept in ${dir}\n`);
+  return 0;
+};
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`bench: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);
