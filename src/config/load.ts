@@ -83,7 +83,7 @@ export function parseConfigFiles(files: readonly ConfigFile[], options: LoadOpti
     for (const doc of docs) {
       if (doc.errors.length > 0) {
         for (const err of doc.errors) {
-          const line = err.linePos?.[0].line;
+          const line = lines.linePos(err.pos[0]).line;
           issues.push({
             file,
             ...(line === undefined ? {} : { line }),

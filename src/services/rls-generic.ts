@@ -14,7 +14,7 @@ export interface GenericOptions {
  */
 export async function decideGeneric(
   req: RateLimitRequest,
-  deps: Deps,
+  deps: Pick<Deps, 'store' | 'config'>,
   options: GenericOptions = {},
 ): Promise<RateLimitResponse> {
   const plan = planGeneric(deps.config().domains.get(req.domain), req);
