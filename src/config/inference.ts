@@ -5,6 +5,8 @@
 import { z } from 'zod';
 import { hashWithPepper } from '../keys/hash.js';
 import type { KeyCaps, KeyRecord } from '../keys/types.js';
+import type { SignalSettings } from '../policy/signals.js';
+import { signalsSchema } from '../report/config.js';
 
 export const WINDOWS = { second: 1_000, minute: 60_000, hour: 3_600_000, day: 86_400_000 } as const;
 export type WindowName = keyof typeof WINDOWS;
@@ -58,6 +60,8 @@ export interface InferencePolicy {
   readonly keysById: ReadonlyMap<string, KeyRecord>;
   /** By hex SHA-256 of pepper + raw key. */
   readonly keysByHash: ReadonlyMap<string, KeyRecord>;
+  /** Abuse-signal thresholds and alert shares (ReportService). */
+  readonly signals: SignalSettings;
 }
 
 /** Where a policy document came from, so errors can name file and line. */
@@ -208,6 +212,7 @@ const policySchema = z.strictObject({
   tiers: z.record(z.string().regex(ID), tierSchema).optional(),
   models: z.record(z.string().regex(MODEL_ID), modelSchema).optional(),
   keys: z.array(keySchema).optional(),
+  signals: signalsSchema.optional(),
 });
 
 const usdToMicros = (v: number): number => Math.round(v * 1e6);
@@ -334,5 +339,6 @@ export function parseInferencePolicy(
     models,
     keysById,
     keysByHash,
+    signals: p.signals ?? signalsSchema.parse({}),
   });
 }

@@ -255,10 +255,3 @@ export const evaluateAccount = (
 /** The alert shares of a budget that `used` has reached; the store sends each once a period. */
 export const crossedShares = (shares: readonly number[], limit: number, used: number): number[] =>
   limit > 0 ? shares.filter((share) => used >= share * limit) : [];
-
-/**
- * Label of the calendar month that ends at periodEndMs, e.g. 2026-11. A day is taken off so that a
- * month ending at local midnight in any time zone (±14 h) still names its own month.
- */
-export const monthPeriod = (periodEndMs: number): string =>
-  new Date(periodEndMs - 86_400_000).toISOString().slice(0, 7);

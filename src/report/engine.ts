@@ -5,12 +5,11 @@ import {
   emptyBucket,
   evaluateAccount,
   evaluateKey,
-  monthPeriod,
   type SignalKind,
   type SignalSettings,
   type Trip,
 } from '../policy/signals.js';
-import type { DecisionEvent, ReportEvent, SettledEvent } from './events.js';
+import type { DecisionEvent, ExpiredEvent, ReportEvent, SettledEvent } from './events.js';
 import { type Alert, type ReportStore, TOP_BUCKET_MS, type Totals } from './types.js';
 
 interface KeyState {
@@ -54,6 +53,7 @@ export class SignalEngine {
   record(e: ReportEvent): void {
     try {
       if (e.kind === 'decision') this.onDecision(e);
+      else if (e.kind === 'expired') this.onExpired(e);
       else this.onSettled(e);
     } catch (err) {
       this.log.error({ err }, 'report: event not recorded');
@@ -130,7 +130,6 @@ export class SignalEngine {
     const b = this.bucket(s, e.atMs, cfg);
     if (e.requestShare !== undefined) b.requestShare = Math.max(b.requestShare, e.requestShare);
     if (e.tokenShare !== undefined) b.tokenShare = Math.max(b.tokenShare, e.tokenShare);
-    b.expired += e.expiredLeases;
     if (!e.admitted) {
       if (e.atMs < s.retryUntilMs) b.earlyRetries++;
       const until = e.retryMs < 0 ? Number.POSITIVE_INFINITY : e.atMs + e.retryMs;
@@ -139,17 +138,27 @@ export class SignalEngine {
       this.addTotal(e.key, e.account, e.atMs, 1, 0, 0);
     }
 
-    for (const trip of evaluateKey(s.buckets, cfg, e.atMs))
-      this.raise(s, e.key, e.account, trip, e.atMs, cfg);
+    this.evaluate(s, e.key, e.account, e.atMs, cfg);
+  }
 
-    const acct = this.accounts.get(e.account)!;
-    if (acct.keys.size >= cfg.limitSplitting.keys && e.atMs - acct.evaluatedAt >= cfg.bucketMs) {
-      acct.evaluatedAt = e.atMs;
+  private onExpired(e: ExpiredEvent): void {
+    const cfg = this.settings();
+    const s = this.state(e.key, e.account, e.atMs);
+    this.bucket(s, e.atMs, cfg).expired += e.count;
+    this.evaluate(s, e.key, e.account, e.atMs, cfg);
+  }
+
+  private evaluate(s: KeyState, key: string, account: string, atMs: number, cfg: SignalSettings): void {
+    for (const trip of evaluateKey(s.buckets, cfg, atMs)) this.raise(s, key, account, trip, atMs, cfg);
+
+    const acct = this.accounts.get(account)!;
+    if (acct.keys.size >= cfg.limitSplitting.keys && atMs - acct.evaluatedAt >= cfg.bucketMs) {
+      acct.evaluatedAt = atMs;
       const buckets = new Map<string, Bucket[]>();
       for (const k of acct.keys) buckets.set(k, this.keys.get(k)?.buckets ?? []);
-      const trip = evaluateAccount(buckets, cfg, e.atMs);
+      const trip = evaluateAccount(buckets, cfg, atMs);
       // An account-wide flag: its key is the account's marker, the keys are named in the detail.
-      if (trip) this.raise(s, `account:${e.account}`, e.account, trip, e.atMs, cfg, true);
+      if (trip) this.raise(s, `account:${account}`, account, trip, atMs, cfg, true);
     }
   }
 
@@ -190,12 +199,12 @@ export class SignalEngine {
     const cfg = this.settings();
     this.state(e.key, e.account, e.atMs);
     this.addTotal(e.key, e.account, e.atMs, 0, e.tokens, e.spendMicros);
+    const period = e.period;
     for (const budget of e.budgets) {
-      const period = monthPeriod(budget.periodEndMs);
       for (const share of crossedShares(cfg.alertShares, budget.limit, budget.used)) {
         const id = `${budget.metric}:${e.key}:${period}:${share}`;
         if (this.crossings.has(id)) continue;
-        const ttlMs = Math.max(budget.periodEndMs - e.atMs, 0) + DAY_MS;
+        const ttlMs = Math.max(e.periodEndMs - e.atMs, 0) + DAY_MS;
         this.crossings.set(id, e.atMs + ttlMs);
         const alert: Alert = {
           atMs: e.atMs,

@@ -5,7 +5,7 @@ import type { CrossingMetric } from './types.js';
  * are the store's (shared by every instance), so an instance seeing only part of a key's traffic
  * still sees the key's whole usage.
  */
-export type ReportEvent = DecisionEvent | SettledEvent;
+export type ReportEvent = DecisionEvent | ExpiredEvent | SettledEvent;
 
 /** One ShouldRateLimit decision of the inference domain (admitted or denied). */
 export interface DecisionEvent {
@@ -22,8 +22,15 @@ export interface DecisionEvent {
   requestShare?: number;
   /** used / limit of the key's own token limit after the decision; absent when unlimited. */
   tokenShare?: number;
-  /** Slot leases of this key found expired (Debit/Release never came) during the decision. */
-  expiredLeases: number;
+}
+
+/** Slot leases of a key found expired (Debit/Release never came) during a decision. */
+export interface ExpiredEvent {
+  kind: 'expired';
+  atMs: number;
+  key: string;
+  account: string;
+  count: number;
 }
 
 /** A Debit (or `usage` descriptor) that counted tokens and spend. */
@@ -34,6 +41,9 @@ export interface SettledEvent {
   account: string;
   tokens: number;
   spendMicros: number;
-  /** The key's calendar budgets after the debit, for threshold-crossing alerts. */
-  budgets: { metric: CrossingMetric; used: number; limit: number; periodEndMs: number }[];
+  /** The key's monthly budgets after the debit, for threshold-crossing alerts. */
+  budgets: { metric: CrossingMetric; used: number; limit: number }[];
+  /** The budgets' calendar month (policy time zone), e.g. 2026-11, and its end. */
+  period: string;
+  periodEndMs: number;
 }

@@ -27,6 +27,8 @@ export interface AdmissionEvent extends KeyIdentity {
   code?: DenyCode;
   /** On denial by a limit (not by policy: unknown/disabled key, max_tokens). */
   denied?: { metric: Metric; scope: Scope };
+  /** On denial by a limit: ms until the request would be admitted (Retry-After); -1 never. */
+  retryMs?: number;
   /** Limited windows, slots and budgets of the decision, as they stood after it. */
   limits: LimitUsage[];
 }

@@ -132,6 +132,7 @@ const emit = (
       admitted: o.admitted,
       ...(o.code !== undefined ? { code: o.code } : {}),
       ...(o.deniedMeta ? { denied: { metric: o.deniedMeta.metric, scope: o.deniedMeta.scope } } : {}),
+      ...(result && result.denied >= 0 ? { retryMs: result.states[result.denied]!.retryMs } : {}),
       limits,
     });
   } catch (e) {

@@ -8,7 +8,6 @@ import {
   evaluateAccount,
   evaluateKey,
   heldShare,
-  monthPeriod,
 } from '../../src/policy/signals.js';
 
 const M = 60_000;
@@ -111,17 +110,11 @@ describe('evaluateAccount', () => {
   });
 });
 
-describe('crossings and periods', () => {
+describe('crossedShares', () => {
   it('lists the shares reached', () => {
     expect(crossedShares([0.8, 1], 100, 79)).toEqual([]);
     expect(crossedShares([0.8, 1], 100, 80)).toEqual([0.8]);
     expect(crossedShares([0.8, 1], 100, 150)).toEqual([0.8, 1]);
     expect(crossedShares([0.8, 1], 0, 150)).toEqual([]);
-  });
-
-  it('names the month that ends at the period end, in any time zone', () => {
-    expect(monthPeriod(Date.UTC(2026, 11, 1))).toBe('2026-11');
-    expect(monthPeriod(Date.UTC(2026, 11, 1) + 5 * 3_600_000)).toBe('2026-11');
-    expect(monthPeriod(Date.UTC(2026, 11, 1) - 9 * 3_600_000)).toBe('2026-11');
   });
 });

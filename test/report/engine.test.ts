@@ -46,8 +46,16 @@ class Sim {
       admitted: r.admitted,
       retryMs: denied?.retryMs ?? 0,
       requestShare: (r.states[1]?.used ?? 0) / 60,
-      expiredLeases: r.expiredLeases,
     });
+    if (r.expiredLeases > 0) {
+      this.engine.record({
+        kind: 'expired',
+        atMs: r.nowMs,
+        key,
+        account: opts.account ?? key,
+        count: r.expiredLeases,
+      });
+    }
     if (r.admitted && opts.release !== false) await this.store.release(`res:${requestId}`);
     return r.admitted ? 0 : Math.max(denied?.retryMs ?? 1, 1);
   }
@@ -172,7 +180,9 @@ describe('signal engine', () => {
         account: 'acme',
         tokens: 10,
         spendMicros: 1,
-        budgets: [{ metric: 'monthly_spend', used, limit: 1000, periodEndMs }],
+        budgets: [{ metric: 'monthly_spend', used, limit: 1000 }],
+        period: '2026-11',
+        periodEndMs,
       });
     settle(a.engine, 700);
     settle(a.engine, 810);

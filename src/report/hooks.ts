@@ -1,0 +1,65 @@
+import { periodsAt } from '../policy/inference-keys.js';
+import type {
+  AdmissionEvent,
+  DebitEvent,
+  InferenceEvents,
+  KeyIdentity,
+  LimitUsage,
+} from '../services/inference-events.js';
+import type { SignalEngine } from './engine.js';
+import type { CrossingMetric } from './types.js';
+
+/** How reports name a key: its id when registered, else its `h:<hash>` reference; never the raw key. */
+export const reportKey = (k: KeyIdentity): string => k.keyId ?? k.keyRef;
+
+const share = (limits: readonly LimitUsage[], metric: LimitUsage['metric']): number | undefined => {
+  let best: number | undefined;
+  for (const l of limits) {
+    if (l.metric !== metric || l.scope !== 'key' || l.limit <= 0) continue;
+    best = Math.max(best ?? 0, l.used / l.limit);
+  }
+  return best;
+};
+
+const BUDGETS: ReadonlySet<string> = new Set<CrossingMetric>(['monthly_spend', 'monthly_tokens']);
+
+/** The inference domain's hooks, feeding the signal engine. */
+export function inferenceHooks(engine: SignalEngine, timezone: () => string): InferenceEvents {
+  return {
+    onDecision(e: AdmissionEvent) {
+      const requestShare = share(e.limits, 'requests');
+      const tokenShare = share(e.limits, 'tokens');
+      engine.record({
+        kind: 'decision',
+        atMs: e.atMs,
+        key: reportKey(e),
+        account: e.account,
+        admitted: e.admitted,
+        retryMs: e.retryMs ?? 0,
+        ...(requestShare !== undefined ? { requestShare } : {}),
+        ...(tokenShare !== undefined ? { tokenShare } : {}),
+      });
+    },
+    onLeaseExpired(e) {
+      const key = e.keyRef.startsWith('k:') ? e.keyRef.slice(2) : e.keyRef;
+      engine.record({ kind: 'expired', atMs: e.atMs, key, account: e.account, count: e.count });
+    },
+    onDebit(e: DebitEvent) {
+      if (e.duplicate) return;
+      const periods = periodsAt(e.atMs, timezone());
+      engine.record({
+        kind: 'settled',
+        atMs: e.atMs,
+        key: reportKey(e),
+        account: e.account,
+        tokens: e.tokensIn + e.tokensOut,
+        spendMicros: e.spendMicros,
+        budgets: e.limits
+          .filter((l) => BUDGETS.has(l.metric) && l.scope === 'key')
+          .map((l) => ({ metric: l.metric as CrossingMetric, used: l.used, limit: l.limit })),
+        period: periods.month,
+        periodEndMs: periods.monthEndMs,
+      });
+    },
+  };
+}
