@@ -1,0 +1,159 @@
+-- Shared by every script (prepended at load). Mirrors src/store/window.ts and memory.ts.
+-- A window is a hash: s = units counted, o = oldest bucket that may be present, n = newest bucket,
+-- and one field per non-empty bucket index. Bucket indices exceed %.14g precision: always fmt().
+local B = 100
+
+local function fmt(x)
+  return string.format('%.0f', x)
+end
+
+-- Redis TIME (one clock for every instance) unless a test clock is given.
+local function clock(override)
+  local o = tonumber(override)
+  if o and o > 0 then
+    return o
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function bidx(now, w)
+  return math.floor(now * B / w)
+end
+
+local function until_leave(j, w, now)
+  local ms = math.ceil((j + B + 1) * w / B - now)
+  if ms < 0 then
+    return 0
+  end
+  return ms
+end
+
+-- Drops buckets that left the counted range at bucket i. Returns total, oldest, newest (nil when empty).
+local function wload(key, i)
+  local h = redis.call('HMGET', key, 's', 'o', 'n')
+  local s = tonumber(h[1])
+  if not s then
+    return 0, nil, nil
+  end
+  local o, n = tonumber(h[2]), tonumber(h[3])
+  local lo = i - B
+  if n < lo then
+    redis.call('DEL', key)
+    return 0, nil, nil
+  end
+  if o < lo then
+    local f = {}
+    for j = o, lo - 1 do
+      f[#f + 1] = fmt(j)
+    end
+    local v = redis.call('HMGET', key, unpack(f))
+    local drop = {}
+    for k = 1, #f do
+      local c = tonumber(v[k])
+      if c then
+        s = s - c
+        drop[#drop + 1] = f[k]
+      end
+    end
+    if #drop > 0 then
+      redis.call('HDEL', key, unpack(drop))
+    end
+    o = lo
+    redis.call('HSET', key, 's', s, 'o', fmt(o))
+  end
+  return s, o, n
+end
+
+-- Adds amount to bucket j (a negative amount never takes a bucket below 0). Returns total, oldest, newest.
+local function wadd(key, j, amount, s, o, n, w, now)
+  if amount == 0 then
+    return s, o, n
+  end
+  if not n then
+    if amount < 0 then
+      return s, o, n
+    end
+    redis.call('HSET', key, fmt(j), amount, 's', amount, 'o', fmt(j), 'n', fmt(j))
+    redis.call('PEXPIRE', key, until_leave(j, w, now) + 1)
+    return amount, j, j
+  end
+  if amount < 0 then
+    local c = tonumber(redis.call('HGET', key, fmt(j))) or 0
+    amount = math.max(amount, -c)
+    if amount == 0 then
+      return s, o, n
+    end
+  end
+  redis.call('HINCRBY', key, fmt(j), amount)
+  s = redis.call('HINCRBY', key, 's', amount)
+  if j > n then
+    n = j
+    redis.call('HSET', key, 'n', fmt(n))
+    redis.call('PEXPIRE', key, until_leave(n, w, now) + 1)
+  elseif j < o then
+    o = j
+    redis.call('HSET', key, 'o', fmt(o))
+  end
+  return s, o, n
+end
+
+-- ok, used, remaining, resetMs, retryMs appended to out. need: units that must leave before admitting.
+local function wstate(out, key, s, o, n, ok, need, limit, cost, w, now)
+  local reset = 0
+  if s > 0 and n then
+    reset = until_leave(n, w, now)
+  end
+  local retry = 0
+  if not ok then
+    if cost > limit then
+      retry = -1
+    elseif n then
+      local f = {}
+      for j = o, n do
+        f[#f + 1] = fmt(j)
+      end
+      local v = redis.call('HMGET', key, unpack(f))
+      local freed = 0
+      for k = 1, #f do
+        freed = freed + (tonumber(v[k]) or 0)
+        if freed >= need then
+          retry = until_leave(o + k - 1, w, now)
+          break
+        end
+      end
+    end
+  end
+  out[#out + 1] = ok and 1 or 0
+  out[#out + 1] = s
+  out[#out + 1] = math.max(0, limit - s)
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+
+-- A reservation as a table, or nil when absent or past its expiry (x) on this clock.
+local function reservation(key, now)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then
+    return nil
+  end
+  local res = {}
+  for k = 1, #flat, 2 do
+    res[flat[k]] = flat[k + 1]
+  end
+  if tonumber(res['x']) <= now then
+    redis.call('DEL', key)
+    return nil
+  end
+  return res
+end
+
+-- Frees the reservation's slots and deletes it.
+local function free(key, res)
+  for f, _ in pairs(res) do
+    if string.sub(f, 1, 2) == 's:' then
+      redis.call('ZREM', string.sub(f, 3), res['r'])
+    end
+  end
+  redis.call('DEL', key)
+end

@@ -1,0 +1,279 @@
+/**
+ * The Redis store: every decision, settle and release is one EVALSHA of a Lua script (lib.lua
+ * prepended), so a decision costs one round trip however many ops it has, and the script reads Redis
+ * TIME so instances with skewed clocks agree. Works on one Redis, Sentinel and Cluster: keys of one
+ * script share a hash tag; a non-atomic decision spanning slots runs one script per slot, concurrently.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import clusterKeySlot from 'cluster-key-slot';
+import { Cluster, type Redis } from 'ioredis';
+import {
+  type Decision,
+  type DecisionResult,
+  type LimiterStore,
+  type Op,
+  type OpState,
+  type Settle,
+  type SettleResult,
+  StoreUnavailableError,
+} from './store.js';
+
+interface Script {
+  lua: string;
+  sha: string;
+}
+
+const lib = readFileSync(new URL('./lib.lua', import.meta.url), 'utf8');
+const load = (name: string): Script => {
+  const lua = `${lib}\n${readFileSync(new URL(`./${name}.lua`, import.meta.url), 'utf8')}`;
+  return { lua, sha: createHash('sha1').update(lua).digest('hex') };
+};
+const SCRIPTS = { decide: load('decide'), settle: load('settle'), release: load('release') };
+
+/** Lua has no Infinity on the wire; an unlimited value is the largest exact integer. */
+const num = (x: number): number => (Number.isFinite(x) ? x : Number.MAX_SAFE_INTEGER);
+
+/** Reply errors that mean "the backend is not serving right now", not a bug. */
+const TRANSIENT = /^(CLUSTERDOWN|LOADING|TRYAGAIN|MASTERDOWN|READONLY|NOREPLICAS|BUSY|MOVED|ASK)\b/;
+
+export interface RedisStoreOptions {
+  /** Key namespace prepended to every logical key. */
+  prefix?: string;
+  /** Tests only: a clock sent to the scripts instead of Redis TIME. */
+  testClock?: () => number;
+  /** How often the offset to Redis TIME behind now() is re-measured. */
+  clockRefreshMs?: number;
+}
+
+export class RedisStore implements LimiterStore {
+  readonly prefix: string;
+  private readonly testClock: (() => number) | undefined;
+  private readonly isCluster: boolean;
+  private readonly timer: NodeJS.Timeout;
+  private offsetMs = 0;
+  private failing = false;
+
+  constructor(
+    readonly client: Redis | Cluster,
+    options: RedisStoreOptions = {},
+  ) {
+    this.prefix = options.prefix ?? 'rk:';
+    this.testClock = options.testClock;
+    this.isCluster = client instanceof Cluster;
+    const onReady = (): void => {
+      this.loadScripts();
+      this.syncClock();
+    };
+    client.on('ready', onReady);
+    if (client.status === 'ready') onReady();
+    this.timer = setInterval(() => this.syncClock(), options.clockRefreshMs ?? 30_000);
+    this.timer.unref();
+  }
+
+  now(): number {
+    return this.testClock ? this.testClock() : Date.now() + this.offsetMs;
+  }
+
+  healthy(): boolean {
+    return this.client.status === 'ready' && !this.failing;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+  }
+
+  async decide(d: Decision): Promise<DecisionResult> {
+    const { ops } = d;
+    if (this.isCluster && !d.reservation) {
+      const groups = this.groupBySlot(ops);
+      if (groups.size > 1) {
+        if (d.atomic)
+          throw new Error(`atomic decision spans ${groups.size} cluster slots: keys need one hash tag`);
+        return this.decideSplit(d, [...groups.values()]);
+      }
+    }
+    const all = ops.map((_, i) => i);
+    return this.parseDecision(await this.runDecide(d, all), ops.length, all);
+  }
+
+  async settle(s: Settle): Promise<SettleResult> {
+    const p = this.prefix;
+    const keys = [p + s.onceKey, p + s.reservationKey];
+    const args: (string | number)[] = [
+      this.clockArg(),
+      Math.max(1, Math.ceil(s.onceTtlMs)),
+      s.release ? 1 : 0,
+      s.windows.length,
+      s.counters.length,
+    ];
+    for (const w of s.windows) {
+      keys.push(p + w.key);
+      args.push(w.windowMs, num(w.limit), w.amount);
+    }
+    for (const c of s.counters) {
+      keys.push(p + c.key);
+      args.push(c.amount, Math.max(1, Math.ceil(c.ttlMs)), num(c.limit), c.periodEndMs);
+    }
+    this.assertOneSlot(keys, 'settle');
+    const r = await this.run(SCRIPTS.settle, keys, args);
+    const states = (from: number, n: number): OpState[] =>
+      Array.from({ length: n }, (_, i) => state(r, from + i * 5));
+    return {
+      duplicate: r[0] === 1,
+      reserved: r[1] === 1,
+      nowMs: r[2]!,
+      windows: states(3, s.windows.length),
+      counters: states(3 + s.windows.length * 5, s.counters.length),
+    };
+  }
+
+  async release(reservationKey: string): Promise<boolean> {
+    const r = await this.run(SCRIPTS.release, [this.prefix + reservationKey], [this.clockArg()]);
+    return (r as unknown as number) === 1;
+  }
+
+  private runDecide(d: Decision, idx: number[]): Promise<number[]> {
+    const p = this.prefix;
+    const res = d.reservation;
+    const keys: string[] = [];
+    const args: (string | number)[] = [
+      this.clockArg(),
+      d.atomic ? 1 : 0,
+      d.dryRun ? 1 : 0,
+      res ? res.requestId : '',
+      res ? Math.max(1, Math.ceil(res.ttlMs)) : 0,
+      idx.length,
+    ];
+    for (const i of idx) {
+      const op = d.ops[i]!;
+      keys.push(p + op.key);
+      if (op.kind === 'window') {
+        args.push('w', num(op.limit), op.windowMs, op.cost, op.shadow ? 1 : 0);
+      } else if (op.kind === 'slot') {
+        if (!res) throw new Error(`slot op ${op.key} needs decision.reservation`);
+        const counted = op.expiredKey !== undefined && (op.expiredWindowMs ?? 0) > 0;
+        if (counted) keys.push(p + op.expiredKey);
+        args.push('s', num(op.limit), op.leaseMs, counted ? op.expiredWindowMs! : 0, 0);
+      } else {
+        args.push('b', num(op.limit), op.periodEndMs, 0, 0);
+      }
+    }
+    if (res) keys.push(p + res.key);
+    if (this.isCluster) this.assertOneSlot(keys, 'decision');
+    return this.run(SCRIPTS.decide, keys, args);
+  }
+
+  private parseDecision(r: number[], n: number, idx: number[], into?: DecisionResult): DecisionResult {
+    const out: DecisionResult = into ?? {
+      admitted: r[0] === 1,
+      denied: r[1]!,
+      nowMs: r[2]!,
+      expiredLeases: r[3]!,
+      states: new Array<OpState>(n),
+    };
+    for (let k = 0; k < idx.length; k++) out.states[idx[k]!] = state(r, 4 + k * 5);
+    return out;
+  }
+
+  /** One script per slot, all sent at once (auto-pipelined per node); results merged in op order. */
+  private async decideSplit(d: Decision, groups: number[][]): Promise<DecisionResult> {
+    const replies = await Promise.all(groups.map((g) => this.runDecide(d, g)));
+    const out: DecisionResult = {
+      admitted: true,
+      denied: -1,
+      nowMs: 0,
+      expiredLeases: 0,
+      states: new Array<OpState>(d.ops.length),
+    };
+    for (let g = 0; g < groups.length; g++) {
+      const r = replies[g]!;
+      out.admitted &&= r[0] === 1;
+      out.nowMs = Math.max(out.nowMs, r[2]!);
+      out.expiredLeases += r[3]!;
+      this.parseDecision(r, d.ops.length, groups[g]!, out);
+    }
+    return out;
+  }
+
+  private groupBySlot(ops: Op[]): Map<number, number[]> {
+    const groups = new Map<number, number[]>();
+    for (let i = 0; i < ops.length; i++) {
+      const slot = clusterKeySlot(this.prefix + ops[i]!.key);
+      const g = groups.get(slot);
+      if (g) g.push(i);
+      else groups.set(slot, [i]);
+    }
+    return groups;
+  }
+
+  private assertOneSlot(keys: string[], what: string): void {
+    if (!this.isCluster) return;
+    const slot = clusterKeySlot(keys[0]!);
+    for (const k of keys) {
+      if (clusterKeySlot(k) !== slot)
+        throw new Error(`${what} spans cluster slots (${keys[0]}, ${k}): use one hash tag`);
+    }
+  }
+
+  private clockArg(): number {
+    return this.testClock ? this.testClock() : 0;
+  }
+
+  private async run(script: Script, keys: string[], args: (string | number)[]): Promise<number[]> {
+    try {
+      let reply: unknown;
+      try {
+        reply = await this.client.evalsha(script.sha, keys.length, ...keys, ...args);
+      } catch (err) {
+        // Flushed, restarted or failed-over node: EVAL runs the script and caches it there again.
+        if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
+        reply = await this.client.eval(script.lua, keys.length, ...keys, ...args);
+      }
+      this.failing = false;
+      return reply as number[];
+    } catch (err) {
+      if (isTransient(err)) {
+        this.failing = true;
+        throw new StoreUnavailableError(`redis: ${(err as Error).message}`, { cause: err });
+      }
+      throw err;
+    }
+  }
+
+  private loadScripts(): void {
+    const nodes = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
+    for (const node of nodes) {
+      for (const s of Object.values(SCRIPTS)) node.script('LOAD', s.lua).catch(() => {});
+    }
+  }
+
+  private syncClock(): void {
+    if (this.client.status !== 'ready') return;
+    const sent = Date.now();
+    this.client
+      .time()
+      .then(([sec, usec]) => {
+        const back = Date.now();
+        this.offsetMs = Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - (sent + back) / 2;
+      })
+      .catch(() => {});
+  }
+}
+
+function state(r: number[], at: number): OpState {
+  return {
+    ok: r[at] === 1,
+    used: r[at + 1]!,
+    remaining: r[at + 2]!,
+    resetMs: r[at + 3]!,
+    retryMs: r[at + 4]!,
+  };
+}
+
+/** Connection loss, timeouts and a node that cannot serve yet; other reply errors are bugs. */
+function isTransient(err: unknown): boolean {
+  if (!(err instanceof Error)) return true;
+  if (err.name !== 'ReplyError') return true;
+  return TRANSIENT.test(err.message);
+}
