@@ -1,0 +1,74 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+
+const out = mkdtempSync(join(tmpdir(), 'rk-bench-test-'));
+afterAll(() => rmSync(out, { recursive: true, force: true }));
+
+/** Runs the harness from source (tsx), as `npm run bench` runs it compiled. */
+const bench = (args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+  new Promise((resolve) => {
+    const p = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', ...args], {
+      env: { ...process.env, BENCH_CONCURRENCY: '', BENCH_DURATION: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (b: Buffer) => {
+      stdout += b.toString();
+    });
+    p.stderr.on('data', (b: Buffer) => {
+      stderr += b.toString();
+    });
+    p.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+
+describe('bench harness', () => {
+  it('runs a 1-second scenario against the real server and the empty ceiling, printing and writing the figures', async () => {
+    const r = await bench([
+      '--scenarios',
+      'a',
+      '--duration',
+      '1',
+      '--warmup',
+      '0.5',
+      '--concurrency',
+      '8',
+      '--no-h2load',
+      '--no-paced',
+      '--out',
+      out,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/decisions\/s\s+p50 ms\s+p99 ms\s+p99\.9 ms/);
+    const row = (scenario: string) =>
+      r.stdout.split('\n').find((l) => l.startsWith(`${scenario} `) && l.includes('grpc-js'));
+    for (const s of ['empty', 'a']) {
+      const rate = Number(row(s)?.split(/\s+/)[3]);
+      expect(rate, `${s} row in:\n${r.stdout}`).toBeGreaterThan(0);
+    }
+
+    const files = readdirSync(out).filter((f) => f.endsWith('.json'));
+    expect(files).toHaveLength(1);
+    const json = JSON.parse(readFileSync(join(out, files[0] as string), 'utf8')) as {
+      passes: {
+        scenario: string;
+        decisions: number;
+        serverCpuMsPer1k: number;
+        errors: Record<string, number>;
+      }[];
+    };
+    const a = json.passes.find((p) => p.scenario === 'a');
+    expect(a?.decisions).toBeGreaterThan(0);
+    expect(a?.serverCpuMsPer1k).toBeGreaterThan(0);
+    expect(a?.errors).toEqual({});
+  }, 90_000);
+
+  it('refuses an unknown scenario with a message naming the flag', async () => {
+    const r = await bench(['--scenarios', 'z', '--out', out]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('--scenarios: unknown scenario "z"');
+  });
+});
