@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import { RkError } from '../errors.js';
 import type { SignalKind } from '../policy/signals.js';
 import {
@@ -100,7 +100,7 @@ export class RedisReportStore implements ReportStore {
   private readonly base: string;
   private readonly channel: string;
   private readonly listeners = new Set<(alert: Alert) => void>();
-  private sub: Redis | undefined;
+  private sub: Redis | Cluster | undefined;
 
   /**
    * @param redis the limiter store's client (commands only; a duplicate connection is opened for
@@ -109,7 +109,7 @@ export class RedisReportStore implements ReportStore {
    * @param onError where pub/sub and parse failures go (they never reach a caller).
    */
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: Redis | Cluster,
     namespace = 'rk:',
     private readonly onError: (err: unknown) => void = () => {},
   ) {
@@ -216,16 +216,22 @@ export class RedisReportStore implements ReportStore {
         }
         for (const l of this.listeners) l(alert);
       });
-      sub.subscribe(this.channel).catch(this.onError);
+      // The shared client runs without an offline queue: subscribe once connected (ioredis
+      // re-subscribes by itself after a reconnect).
+      const go = () => void sub.subscribe(this.channel).catch(this.onError);
+      if (sub.status === 'ready') go();
+      else sub.once('ready', go);
     }
     return () => this.listeners.delete(listener);
   }
 
   /** Resolves once the alert subscription is live (publishes before that are not received). */
   async subscribed(): Promise<void> {
-    if (!this.sub) return;
+    const sub = this.sub;
+    if (!sub) return;
+    if (sub.status !== 'ready') await new Promise((resolve) => sub.once('ready', resolve));
     // A PING on a subscribed connection is answered after the SUBSCRIBE that preceded it.
-    await this.sub.ping();
+    await sub.ping();
   }
 
   async addTotals(bucketStartMs: number, totals: readonly Totals[]): Promise<void> {

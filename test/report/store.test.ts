@@ -1,9 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cluster, Redis } from 'ioredis';
+import { afterAll, describe, expect, inject, it } from 'vitest';
 import type { RkError } from '../../src/errors.js';
 import { MemoryReportStore } from '../../src/report/memory.js';
 import { RedisReportStore } from '../../src/report/redis.js';
 import type { Alert, FlagInput, ReportStore } from '../../src/report/types.js';
-import { startRedis, type TestRedis } from './redis-server.js';
 
 const T0 = Date.UTC(2026, 10, 25, 12, 0, 0);
 const M = 60_000;
@@ -21,18 +21,33 @@ const input = (over: Partial<FlagInput> = {}): FlagInput => ({
   ...over,
 });
 
-let redis: TestRedis;
+const clients: (Redis | Cluster)[] = [];
+const redis = (): Redis => {
+  const c = new Redis(inject('redisUrl'), { maxRetriesPerRequest: 1 });
+  clients.push(c);
+  return c;
+};
+const cluster = (): Cluster => {
+  const c = new Cluster(
+    inject('redisClusterNodes').map((n) => ({
+      host: n.slice(0, n.lastIndexOf(':')),
+      port: Number(n.slice(n.lastIndexOf(':') + 1)),
+    })),
+  );
+  clients.push(c);
+  return c;
+};
+afterAll(() => {
+  for (const c of clients) c.disconnect();
+});
+// Namespaced per run, so a shared server (REDIS_URL) is safe.
+const run = `t${process.pid}${Date.now()}`;
 let ns = 0;
-beforeAll(async () => {
-  redis = await startRedis();
-});
-afterAll(async () => {
-  await redis?.stop();
-});
 
 const makers: [string, () => ReportStore][] = [
   ['memory', () => new MemoryReportStore(() => T0)],
-  ['redis', () => new RedisReportStore(redis.client(), `t${++ns}:`)],
+  ['redis', () => new RedisReportStore(redis(), `${run}:${++ns}:`)],
+  ['redis cluster', () => new RedisReportStore(cluster(), `${run}:${++ns}:`)],
 ];
 
 describe.each(makers)('%s report store', (_name, make) => {
@@ -176,10 +191,10 @@ describe.each(makers)('%s report store page tokens', (_name, make) => {
 
 describe('redis report store', () => {
   it('keeps flags across store instances (a restart)', async () => {
-    const a = new RedisReportStore(redis.client(), 'restart:');
+    const a = new RedisReportStore(redis(), `${run}:restart:`);
     const { flag } = await a.raiseFlag(input());
     await a.close();
-    const b = new RedisReportStore(redis.client(), 'restart:');
+    const b = new RedisReportStore(redis(), `${run}:restart:`);
     expect(await b.getFlag(flag!.id)).toEqual(flag);
     expect((await b.raiseFlag(input({ atMs: T0 + M }))).outcome).toBe('updated');
     await b.close();
