@@ -99,7 +99,7 @@ export type Slot =
 
 export interface GenericPlan {
   /** Non-atomic: each descriptor's window counts on its own, as envoyproxy/ratelimit counts. */
-  readonly decision: Decision & { ops: WindowOp[] };
+  readonly decision: Omit<Decision, 'ops'> & { ops: WindowOp[] };
   /** One per request descriptor, in order. */
   readonly slots: readonly Slot[];
 }
