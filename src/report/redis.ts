@@ -203,7 +203,7 @@ export class RedisReportStore implements ReportStore {
   subscribe(listener: (alert: Alert) => void): () => void {
     this.listeners.add(listener);
     if (!this.sub) {
-      const sub = this.redis.duplicate();
+      const sub: Redis | Cluster = (this.redis as Redis).duplicate();
       this.sub = sub;
       sub.on('error', this.onError);
       sub.on('message', (_channel: string, message: string) => {
