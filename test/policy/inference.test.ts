@@ -1,0 +1,341 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { RateLimitResponse_Code } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import { RkError } from '../../src/errors.js';
+import { hashWithPepper } from '../../src/keys/hash.js';
+import { inferenceKeys as K } from '../../src/policy/inference-keys.js';
+import { decideInference } from '../../src/services/rls-inference.js';
+import type { WindowOp } from '../../src/store/store.js';
+import {
+  body,
+  type Entries,
+  type Env,
+  headers,
+  makeEnv,
+  POLICY,
+  rlsRequest,
+  STORES,
+  T0,
+} from './inference-fixture.js';
+
+const OK = RateLimitResponse_Code.OK;
+const OVER = RateLimitResponse_Code.OVER_LIMIT;
+
+describe.each(STORES)('inference domain on %s', (kind) => {
+  let env: Env;
+  let n = 0;
+  beforeEach(async () => {
+    env = await makeEnv(kind, POLICY);
+  });
+  afterEach(async () => {
+    await env.close();
+  });
+
+  const decide = (...descriptors: Entries[]) => decideInference(rlsRequest(descriptors), env.deps);
+  const rid = () => `r${++n}`;
+  /** Decides, then frees the slot at once (a request that finished), so concurrency never binds. */
+  const decideDone = async (account: string, d: Entries) => {
+    const id = rid();
+    const res = await decide({ ...d, request_id: id });
+    await env.store.release(K.reservation(account, id));
+    return res;
+  };
+  /** Units counted in a window now, read with a dry-run decision (consumes nothing). */
+  const used = async (key: string, windowMs = 60_000): Promise<number> => {
+    const op: WindowOp = { kind: 'window', key, limit: 1e12, windowMs, cost: 0 };
+    return (await env.store.decide({ ops: [op], atomic: true, dryRun: true })).states[0]!.used;
+  };
+  const err = async (p: Promise<unknown>): Promise<RkError> => {
+    const e = await p.then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    expect(e).toBeInstanceOf(RkError);
+    return e as RkError;
+  };
+
+  it('admits with per-descriptor statuses and the rate headers of the binding limits', async () => {
+    const res = await decide(
+      { key: 'k1' },
+      { key: 'k1', model: 'm-a', tokens_in: 100, tokens_out: 50, request_id: rid() },
+    );
+    expect(res.overallCode).toBe(OK);
+    expect(res.statuses).toHaveLength(2);
+    // key-only descriptor: the key's binding limit (tokens 150/5000 vs requests 1/10: requests is closer).
+    expect(res.statuses[0]!.currentLimit?.name).toBe('key:requests');
+    expect(res.statuses[0]!.currentLimit?.requestsPerUnit).toBe(10);
+    expect(res.statuses[0]!.limitRemaining).toBe(9);
+    // model descriptor: account × model (requests 1/8 used).
+    expect(res.statuses[1]!.currentLimit?.name).toBe('account_model:requests');
+    expect(res.statuses[1]!.limitRemaining).toBe(7);
+    const h = headers(res);
+    expect(h['X-RateLimit-Limit']).toBe('8');
+    expect(h['X-RateLimit-Remaining']).toBe('7');
+    expect(Number(h['X-RateLimit-Reset'])).toBeGreaterThan(T0 / 1000);
+    expect(Number(h['X-RateLimit-Reset'])).toBeLessThanOrEqual(T0 / 1000 + 61);
+    expect(h['x-ratelimit-limit-requests']).toBe('8');
+    expect(h['x-ratelimit-remaining-requests']).toBe('7');
+    expect(h['x-ratelimit-limit-tokens']).toBe('5000');
+    expect(h['x-ratelimit-remaining-tokens']).toBe('4850');
+    expect(h['x-ratelimit-limit-tokens-in']).toBe('3000');
+    expect(h['x-ratelimit-remaining-tokens-in']).toBe('2900');
+    expect(h['x-ratelimit-limit-tokens-out']).toBe('2000');
+    expect(h['x-ratelimit-remaining-tokens-out']).toBe('1950');
+    expect(h['x-ratelimit-window']).toBe('60');
+    expect(h['Retry-After']).toBeUndefined();
+    expect(res.rawBody).toHaveLength(0);
+    expect(res.requestHeadersToAdd).toHaveLength(0);
+  });
+
+  it('generates a request id when none is sent and returns it to Envoy', async () => {
+    const res = await decide({ key: 'k1', model: 'm-a' });
+    expect(res.overallCode).toBe(OK);
+    const h = res.requestHeadersToAdd.find((x) => x.key === 'x-ratelimit-request-id');
+    expect(h?.value).toMatch(/^[0-9a-f-]{36}$/);
+    expect(env.decisions.at(-1)?.requestId).toBe(h?.value);
+  });
+
+  it('answers descriptors without a key OK with no limit', async () => {
+    const res = await decide({ path: '/v1/chat' }, { key: 'k1' });
+    expect(res.overallCode).toBe(OK);
+    expect(res.statuses[0]!.currentLimit).toBeUndefined();
+    expect(res.statuses[1]!.currentLimit?.name).toBe('key:requests');
+    const none = await decide({ path: '/v1/chat' });
+    expect(none.overallCode).toBe(OK);
+    expect(none.responseHeadersToAdd).toHaveLength(0);
+  });
+
+  it('KEY_DISABLED: 402 quota_error, decided before any store call, ahead of an exhausted rate', async () => {
+    // The disabled key shares acme's account: exhaust what it would be charged against anyway.
+    for (let i = 0; i < 8; i++) await decideDone('acme', { key: 'k1', model: 'm-a' });
+    expect((await decide({ key: 'k2', model: 'm-a', request_id: rid() })).overallCode).toBe(OVER);
+    const res = await decide({ key: 'off', model: 'm-a', request_id: rid() });
+    expect(res.overallCode).toBe(OVER);
+    expect(headers(res)['x-ratelimit-denied']).toBe('KEY_DISABLED');
+    expect(headers(res)['Retry-After']).toBeUndefined();
+    expect(body(res).error).toMatchObject({ type: 'quota_error', code: 'KEY_DISABLED' });
+    expect(res.statuses[0]!.code).toBe(OVER);
+    expect(await used(K.modelRequests('acme', 'm-a', 60_000))).toBe(8);
+  });
+
+  it('MAX_TOKENS_LIMIT_EXCEEDED: 400 invalid_request_error from tokens_out, else tokens', async () => {
+    const a = await decide({
+      key: 'capped',
+      model: 'm-a',
+      tokens_out: 1001,
+      tokens_in: 5,
+      request_id: rid(),
+    });
+    expect(headers(a)['x-ratelimit-denied']).toBe('MAX_TOKENS_LIMIT_EXCEEDED');
+    expect(body(a).error).toMatchObject({
+      type: 'invalid_request_error',
+      code: 'MAX_TOKENS_LIMIT_EXCEEDED',
+      details: { limit: 1000, requested: 1001, metric: 'max_tokens', scope: 'key' },
+    });
+    const b = await decide({ key: 'capped', tokens: 1001, request_id: rid() });
+    expect(headers(b)['x-ratelimit-denied']).toBe('MAX_TOKENS_LIMIT_EXCEEDED');
+    // tokens_out wins over tokens when both are sent.
+    const c = await decide({ key: 'capped', tokens: 5000, tokens_out: 1000, request_id: rid() });
+    expect(c.overallCode).toBe(OK);
+    expect(await used(K.keyRequests('capco', 'k:capped', 60_000))).toBe(1);
+  });
+
+  it('CONCURRENT_LIMIT_EXCEEDED at 5/5 with {limit:5, active:5}; admitted again once a lease expires', async () => {
+    for (let i = 0; i < 5; i++) {
+      env.clock.t += 1000;
+      expect((await decide({ key: 'k1', request_id: `c${i}` })).overallCode).toBe(OK);
+    }
+    env.clock.t += 1000;
+    const res = await decide({ key: 'k1', request_id: 'c5' });
+    expect(res.overallCode).toBe(OVER);
+    const h = headers(res);
+    expect(h['x-ratelimit-denied']).toBe('CONCURRENT_LIMIT_EXCEEDED');
+    const b = body(res);
+    expect(b.error.type).toBe('rate_limit_error');
+    expect(b.error.message).toBe('Concurrent prediction limit exceeded. 5/5 predictions running.');
+    expect(b.error.details).toMatchObject({
+      limit: 5,
+      active: 5,
+      metric: 'concurrency',
+      scope: 'key',
+      window_seconds: 60,
+    });
+    expect(Object.keys(b.error.details)).toEqual([
+      'limit',
+      'active',
+      'metric',
+      'scope',
+      'window_seconds',
+      'reset',
+    ]);
+    // The oldest slot (taken at T0+1s, lease 60 s) frees at T0+61s: now is T0+6s.
+    expect(h['Retry-After']).toBe('55');
+    expect(res.statuses[0]!.durationUntilReset?.seconds).toBe(55n);
+    // A denied request consumed nothing: still 5 requests counted.
+    expect(await used(K.keyRequests('acme', 'k:k1', 60_000))).toBe(5);
+
+    env.clock.t = T0 + 61_000;
+    const again = await decide({ key: 'k1', request_id: 'c6' });
+    expect(again.overallCode).toBe(OK);
+    expect(env.expiries.reduce((s, e) => s + e.count, 0)).toBe(1);
+    expect(env.expiries[0]).toMatchObject({ keyRef: 'k:k1', account: 'acme' });
+    expect(await used(K.keyExpired('acme', 'k:k1'), 3_600_000)).toBe(1);
+  });
+
+  it('RATE_LIMIT_EXCEEDED with Retry-After equal to the real time until admission', async () => {
+    env.clock.t = T0 + 500;
+    for (let i = 0; i < 10; i++) {
+      expect((await decideDone('acme', { key: 'k2' })).overallCode).toBe(OK);
+      env.clock.t += 2_000;
+    }
+    const res = await decide({ key: 'k2', request_id: rid() });
+    expect(res.overallCode).toBe(OVER);
+    const h = headers(res);
+    expect(h['x-ratelimit-denied']).toBe('RATE_LIMIT_EXCEEDED');
+    expect(h['X-RateLimit-Remaining']).toBe('0');
+    expect(body(res).error).toMatchObject({
+      type: 'rate_limit_error',
+      code: 'RATE_LIMIT_EXCEEDED',
+      details: { limit: 10, metric: 'requests', scope: 'key', window_seconds: 60 },
+    });
+    const retry = Number(h['Retry-After']);
+    expect(retry).toBeGreaterThan(0);
+    const deniedAt = env.clock.t;
+    env.clock.t = deniedAt + (retry - 1) * 1000;
+    expect((await decide({ key: 'k2', request_id: rid() })).overallCode).toBe(OVER);
+    env.clock.t = deniedAt + retry * 1000;
+    expect((await decide({ key: 'k2', request_id: rid() })).overallCode).toBe(OK);
+  });
+
+  it('TOKEN_RATE_LIMIT_EXCEEDED names the metric; a denial moves no other counter', async () => {
+    const ok = await decide({ key: 'k1', model: 'm-a', tokens_in: 2500, tokens_out: 100, request_id: rid() });
+    expect(ok.overallCode).toBe(OK);
+    const before = {
+      keyReq: await used(K.keyRequests('acme', 'k:k1', 60_000)),
+      keyTok: await used(K.keyTokens('acme', 'k:k1', 60_000)),
+      amReq: await used(K.modelRequests('acme', 'm-a', 60_000)),
+      amIn: await used(K.modelTokensIn('acme', 'm-a', 60_000)),
+      amOut: await used(K.modelTokensOut('acme', 'm-a', 60_000)),
+    };
+    expect(before).toEqual({ keyReq: 1, keyTok: 2600, amReq: 1, amIn: 2500, amOut: 100 });
+    const res = await decide({ key: 'k1', model: 'm-a', tokens_in: 600, tokens_out: 10, request_id: rid() });
+    expect(res.overallCode).toBe(OVER);
+    expect(headers(res)['x-ratelimit-denied']).toBe('TOKEN_RATE_LIMIT_EXCEEDED');
+    expect(body(res).error.details).toMatchObject({
+      limit: 3000,
+      metric: 'tokens_in',
+      scope: 'account_model',
+    });
+    // The model descriptor reports the denial.
+    expect(res.statuses[0]!.code).toBe(OVER);
+    expect(res.statuses[0]!.currentLimit?.name).toBe('account_model:tokens_in');
+    const after = {
+      keyReq: await used(K.keyRequests('acme', 'k:k1', 60_000)),
+      keyTok: await used(K.keyTokens('acme', 'k:k1', 60_000)),
+      amReq: await used(K.modelRequests('acme', 'm-a', 60_000)),
+      amIn: await used(K.modelTokensIn('acme', 'm-a', 60_000)),
+      amOut: await used(K.modelTokensOut('acme', 'm-a', 60_000)),
+    };
+    expect(after).toEqual(before);
+    // No slot was taken either: four more requests fit under concurrency 5 (3 per model on m-a).
+    for (let i = 0; i < 4; i++) expect((await decide({ key: 'k1', request_id: rid() })).overallCode).toBe(OK);
+  });
+
+  it('a token limit with nothing reserved denies once the counted usage reaches it', async () => {
+    expect((await decide({ key: 'k1', model: 'm-a', tokens_out: 2000, request_id: rid() })).overallCode).toBe(
+      OK,
+    );
+    const res = await decide({ key: 'k1', model: 'm-a', request_id: rid() });
+    expect(res.overallCode).toBe(OVER);
+    expect(body(res).error.details).toMatchObject({ metric: 'tokens_out', limit: 2000 });
+  });
+
+  it('two keys of one account share account × model buckets, not key buckets', async () => {
+    for (let i = 0; i < 4; i++) await decide({ key: 'k1', model: 'm-b', request_id: rid() });
+    for (let i = 0; i < 4; i++) await decide({ key: 'k2', model: 'm-b', request_id: rid() });
+    expect(await used(K.keyRequests('acme', 'k:k1', 60_000))).toBe(4);
+    expect(await used(K.keyRequests('acme', 'k:k2', 60_000))).toBe(4);
+    const res = await decide({ key: 'k2', model: 'm-b', request_id: rid() });
+    expect(res.overallCode).toBe(OVER);
+    expect(body(res).error.details).toMatchObject({ metric: 'requests', scope: 'account_model', limit: 8 });
+    // Another account's bucket is its own.
+    expect((await decide({ key: 'other', model: 'm-b', request_id: rid() })).overallCode).toBe(OK);
+  });
+
+  it('a burst on model A leaves model B untouched', async () => {
+    for (let i = 0; i < 8; i++) await decideDone('acme', { key: 'k1', model: 'm-a' });
+    const denied = await decide({ key: 'k2', model: 'm-a', request_id: rid() });
+    expect(body(denied).error.details).toMatchObject({ metric: 'requests', scope: 'account_model' });
+    expect(await used(K.modelRequests('acme', 'm-b', 60_000))).toBe(0);
+    const b = await decide({ key: 'k2', model: 'm-b', request_id: rid() });
+    expect(b.overallCode).toBe(OK);
+    expect(headers(b)['x-ratelimit-remaining-requests']).toBe('7');
+  });
+
+  it('unregistered keys: descriptor tier/account, else default tier and own account', async () => {
+    const raw = 'sk-live-unregistered-0001';
+    const a = await decide({ key: raw, model: 'm-a', request_id: rid() });
+    expect(a.overallCode).toBe(OK);
+    const ref = `h:${hashWithPepper(raw, 'test-pepper')}`;
+    expect(env.decisions.at(-1)).toMatchObject({ keyRef: ref, account: ref, tier: 'free' });
+    const b = await decide({ key: raw, tier: 'pro', account: 'acme', request_id: rid() });
+    expect(b.overallCode).toBe(OK);
+    expect(headers(b)['x-ratelimit-limit-requests']).toBe('100');
+    expect(env.decisions.at(-1)).toMatchObject({ keyRef: ref, account: 'acme', tier: 'pro' });
+  });
+
+  it('unknown_keys: deny refuses unregistered keys with KEY_UNKNOWN', async () => {
+    env.setPolicy(POLICY.replace('pepper: test-pepper', 'pepper: test-pepper\nunknown_keys: deny'));
+    const res = await decide({ key: 'sk-nobody', request_id: rid() });
+    expect(res.overallCode).toBe(OVER);
+    expect(headers(res)['x-ratelimit-denied']).toBe('KEY_UNKNOWN');
+    expect(body(res).error).toMatchObject({ type: 'invalid_request_error', code: 'KEY_UNKNOWN' });
+    expect((await decide({ key: 'k1', request_id: rid() })).overallCode).toBe(OK);
+  });
+
+  it('admin-managed keys override the policy record; cleared caps are unlimited', async () => {
+    env.dir.keys.set('capped', { id: 'capped', tier: 'free', clearedCaps: ['maxTokensPerRequest'] });
+    const res = await decide({ key: 'capped', tokens_out: 1500, request_id: rid() });
+    expect(res.overallCode).toBe(OK);
+    expect(headers(res)['x-ratelimit-limit-requests']).toBe('10');
+    env.dir.keys.set('capped', { id: 'capped', disabled: true });
+    expect(headers(await decide({ key: 'capped', request_id: rid() }))['x-ratelimit-denied']).toBe(
+      'KEY_DISABLED',
+    );
+  });
+
+  it('raw keys never reach logs, events or store keys', async () => {
+    const raw = 'sk-secret-raw-key-XYZ123';
+    env.deps.log.level = 'trace';
+    for (let i = 0; i < 12; i++) await decide({ key: raw, model: 'm-a', tokens: 10, request_id: `raw${i}` });
+    const keys = await env.storeKeys();
+    expect(keys.length).toBeGreaterThan(0);
+    for (const k of keys) expect(k).not.toContain(raw);
+    expect(env.logs.join('\n')).not.toContain(raw);
+    expect(env.logs.some((l) => l.includes('inference denied'))).toBe(true);
+    expect(JSON.stringify(env.decisions)).not.toContain(raw);
+  });
+
+  it('a policy reload changes the limits of the next request', async () => {
+    for (let i = 0; i < 10; i++) await decideDone('acme', { key: 'k1' });
+    expect((await decideDone('acme', { key: 'k1' })).overallCode).toBe(OVER);
+    env.setPolicy(POLICY.replace('free: { requests: 10/minute', 'free: { requests: 20/minute'));
+    const res = await decide({ key: 'k1', request_id: rid() });
+    expect(res.overallCode).toBe(OK);
+    expect(headers(res)['x-ratelimit-limit-requests']).toBe('20');
+  });
+
+  it('bad input is INVALID_ARGUMENT naming the field', async () => {
+    const conflict = await err(decide({ key: 'k1', model: 'm-a' }, { key: 'k1', model: 'm-b' }));
+    expect(conflict.code).toBe('INVALID_ARGUMENT');
+    expect(conflict.field).toBe('descriptors[1].entries[1].value');
+    expect((await err(decide({ key: 'k1', tokens: -1 }))).field).toBe('descriptors[0].entries[1].value');
+    expect((await err(decide({ key: 'k1', tokens_in: '1.5' }))).field).toBe(
+      'descriptors[0].entries[1].value',
+    );
+    expect((await err(decide({ key: 'k1', tokens_out: '2000000000' }))).message).toContain('at most');
+    expect((await err(decide({ key: 'k1', tier: 'gold' }))).field).toBe('descriptors[0].entries[1].value');
+    expect((await err(decide({ key: 'k1' }, { key: 'k2' }))).field).toBe('descriptors[1].entries[0].value');
+    // Nothing was counted by any refused request.
+    expect(await used(K.keyRequests('acme', 'k:k1', 60_000))).toBe(0);
+  });
+});
