@@ -115,7 +115,9 @@ const connectCaller = (spec: LoadSpec, reqs: RateLimitRequest[]): { call: Call; 
 const redisCaller = (spec: LoadSpec): { call: Call; close: () => void } => {
   const [name, ...args] = spec.command ?? [];
   if (!name) throw new Error('redis target needs a command');
-  const redis = new Redis(spec.address, { enableAutoPipelining: true, lazyConnect: false });
+  // The same client options that matter to the RedisStore's round trips: one connection, auto-pipelined.
+  const redis = new Redis(spec.address, { enableAutoPipelining: true });
+  redis.on('error', () => undefined);
   const call: Call = (_seq, _worker, done) => {
     redis.call(name, ...args).then(
       () => done(null, false),

@@ -29,6 +29,12 @@ const areaOf = (url: string, fn: string): string => {
   return src ? (src[1] as string) : url;
 };
 
+const shortUrl = (url: string): string => {
+  const nm = url.indexOf('/node_modules/');
+  if (nm >= 0) return url.slice(nm + 1);
+  return url.replace(/^.*\/((?:src|gen|bench)\/)/, '$1');
+};
+
 /** Self-time summary of a V8 .cpuprofile written by `node --cpu-prof`. */
 export const summarizeProfile = (file: string, top = 20): ProfileSummary => {
   const p = JSON.parse(readFileSync(file, 'utf8')) as CpuProfile;
@@ -48,7 +54,7 @@ export const summarizeProfile = (file: string, top = 20): ProfileSummary => {
     if (functionName === '(idle)') continue;
     total += us;
     const name = functionName || '(anonymous)';
-    const where = url ? `${url.replace(/^.*\/(node_modules|src|gen|bench)\//, '$1/')}:${lineNumber + 1}` : '';
+    const where = url ? `${shortUrl(url)}:${lineNumber + 1}` : '';
     const key = `${name} ${where}`;
     const f = fns.get(key) ?? { name, where, us: 0 };
     f.us += us;

@@ -26,6 +26,8 @@ export const startRedis = async (): Promise<BenchRedis> => {
     'no',
   ]);
   const admin = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 1 });
+  // Connection errors surface as failed commands; after stop() they are expected.
+  admin.on('error', () => undefined);
   await waitFor(`redis-server on ${port}`, 5000, async () => {
     if (admin.status === 'wait' || admin.status === 'end') await admin.connect();
     return (await admin.ping()) === 'PONG';
@@ -84,7 +86,9 @@ export interface MonitorSample {
 
 export const sampleMonitor = async (port: number, ms: number): Promise<MonitorSample> => {
   const conn = new Redis(port, '127.0.0.1');
+  conn.on('error', () => undefined);
   const monitor = await conn.monitor();
+  monitor.on('error', () => undefined);
   const client: Record<string, number> = {};
   const lua: Record<string, number> = {};
   const lines = new Map<string, { n: number; args: string[] }>();

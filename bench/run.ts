@@ -661,6 +661,9 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
     await target.stop();
     for (const p of ctx.passes) if (p.scenario === id) p.peakRssMb = rss;
   }
+  const used = ctx.passes.some((p) => p.scenario === id && (p.redisCommandsPerDecision ?? 0) > 0);
+  if (usesRedis && !used)
+    ctx.notes.push(`(${id}): the server sent nothing to Redis: it is not on the Redis store`);
   if (s.scriptCeiling && usesRedis && sample?.hottest)
     await scriptCeiling(ctx, id, usesRedis, sample.hottest);
   else if (s.scriptCeiling) ctx.notes.push(`(${id}): no script call seen by MONITOR; no script ceiling`);
