@@ -9,7 +9,7 @@ const optional = (module: string) => (): Promise<Command> => import(`./cli/${mod
 const COMMANDS: Record<string, { load: () => Promise<Command>; help: string }> = {
   serve: { load: () => import('./cli/serve.js'), help: 'run the server (ratekeeper serve --help)' },
   keys: { load: optional('keys'), help: 'manage API keys through AdminService' },
-  usage: { load: optional('keys'), help: "show a key's usage" },
+  usage: { load: optional('usage'), help: "show a key's usage" },
   flags: { load: optional('report'), help: 'list and review abuse flags' },
   top: { load: optional('report'), help: 'top keys by usage' },
   watch: { load: optional('report'), help: 'stream usage alerts' },

@@ -364,12 +364,14 @@ const usageCommand = async (rest: string[], v: Values, conn: Connection, io: Io)
   }
 };
 
+/** `ratekeeper keys …`: argv is what follows `keys`. Exit codes as `runGroup`. */
+export const run = (argv: string[], io: Io = processIo()): Promise<number> => runGroup('keys', argv, io);
+
 /**
- * Entry point for `keys` and `usage`: argv starts with the subcommand (`keys create …`,
- * `usage KEY …`). Exit codes: 0 ok, 1 the server refused or could not be reached, 2 bad usage.
+ * `keys` and `usage` share flags and error handling. Exit codes: 0 ok, 1 the server refused or
+ * could not be reached, 2 bad usage.
  */
-export async function run(argv: string[], io: Io = processIo()): Promise<number> {
-  const [group, ...args] = argv;
+export async function runGroup(group: 'keys' | 'usage', args: string[], io: Io): Promise<number> {
   const help = group === 'usage' ? USAGE_USAGE : KEYS_USAGE;
   let values: Values;
   let positionals: string[];
@@ -386,7 +388,6 @@ export async function run(argv: string[], io: Io = processIo()): Promise<number>
   try {
     const conn = connectionFrom(values, io.env);
     if (group === 'usage') return await usageCommand(positionals, values, conn, io);
-    if (group !== 'keys') throw new UsageError(`unknown command "${group ?? ''}"`);
     const [cmd = '', ...rest] = positionals;
     return await keysCommand(cmd, rest, values, conn, io);
   } catch (err) {
