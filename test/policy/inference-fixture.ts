@@ -53,6 +53,8 @@ keys:
   - { id: other, account: globex, tier: free }
   - { id: capped, account: capco, tier: pro, max_tokens: 1000, monthly_tokens: 10000, monthly_spend_usd: 1, daily_spend_usd: 0.5 }
   - { id: off, account: acme, tier: free, disabled: true }
+  - { id: spender, account: spendco, tier: pro, monthly_spend_usd: 1, daily_spend_usd: 0.5 }
+  - { id: tokcap, account: tokco, tier: pro, monthly_tokens: 10000 }
 `;
 
 /** Every test runs on each: the embedded store, one Redis, and a 3-master Redis Cluster. */

@@ -1,0 +1,298 @@
+import { create } from '@bufbuild/protobuf';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { RateLimitResponse_Code } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import {
+  type DebitRequest,
+  DebitRequestSchema,
+  type DebitResponse,
+  ReleaseRequestSchema,
+  type ReleaseResponse,
+} from '../../gen/ratekeeper/v1/usage_pb.js';
+import { RkError } from '../../src/errors.js';
+import { registry } from '../../src/metrics.js';
+import { inferenceKeys as K, periodsAt } from '../../src/policy/inference-keys.js';
+import { decideInference } from '../../src/services/rls-inference.js';
+import { usageBinding } from '../../src/services/usage.js';
+import type { WindowOp } from '../../src/store/store.js';
+import type { CallContext } from '../../src/transport/types.js';
+import {
+  body,
+  type Entries,
+  type Env,
+  headers,
+  makeEnv,
+  POLICY,
+  rlsRequest,
+  STORES,
+  T0,
+} from '../policy/inference-fixture.js';
+
+const OK = RateLimitResponse_Code.OK;
+const OVER = RateLimitResponse_Code.OVER_LIMIT;
+const ctx: CallContext = { headers: new Headers(), signal: new AbortController().signal, peer: 'test' };
+
+const metricValue = async (name: string, labels: Record<string, string>): Promise<number> => {
+  const m = (await registry.getMetricsAsJSON()).find((x) => x.name === name);
+  const v = m?.values.find((x) => Object.entries(labels).every(([k, val]) => x.labels[k] === val));
+  return Number(v?.value ?? 0);
+};
+
+describe.each(STORES)('UsageService on %s', (kind) => {
+  let env: Env;
+  let usage: ReturnType<typeof usageBinding>;
+  beforeEach(async () => {
+    env = await makeEnv(kind, POLICY);
+    usage = usageBinding(env.deps);
+  });
+  afterEach(async () => {
+    await env.close();
+  });
+
+  const decide = (...descriptors: Entries[]) => decideInference(rlsRequest(descriptors), env.deps);
+  const debit = (
+    r: Partial<Omit<DebitRequest, 'tokensIn' | 'tokensOut'>> & { tokensIn?: number; tokensOut?: number },
+  ) =>
+    usage.impl['debit']!(
+      create(DebitRequestSchema, {
+        ...r,
+        tokensIn: BigInt(r.tokensIn ?? 0),
+        tokensOut: BigInt(r.tokensOut ?? 0),
+      } as never),
+      ctx,
+    ) as Promise<DebitResponse>;
+  const release = (requestId: string, key = '', account = '') =>
+    usage.impl['release']!(
+      create(ReleaseRequestSchema, { requestId, key, account }),
+      ctx,
+    ) as Promise<ReleaseResponse>;
+  const used = async (key: string, windowMs = 60_000): Promise<number> => {
+    const op: WindowOp = { kind: 'window', key, limit: 1e12, windowMs, cost: 0 };
+    return (await env.store.decide({ ops: [op], atomic: true, dryRun: true })).states[0]!.used;
+  };
+  const counter = async (key: string): Promise<number> =>
+    (
+      await env.store.decide({
+        ops: [{ kind: 'budget', key, limit: 1e15, periodEndMs: T0 + 1e10 }],
+        atomic: true,
+        dryRun: true,
+      })
+    ).states[0]!.used;
+  const err = async (p: Promise<unknown>): Promise<RkError> => {
+    const e = await p.then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    expect(e).toBeInstanceOf(RkError);
+    return e as RkError;
+  };
+  const month = periodsAt(T0, 'UTC').month;
+
+  it('settles the reservation: admitted with tokens=1000, debited 300 in / 200 out leaves TPM at 500', async () => {
+    const adm = await decide({ key: 'k1', model: 'm-a', tokens: 1000, request_id: 'q1' });
+    expect(adm.overallCode).toBe(OK);
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(1000);
+    env.clock.t += 5_000;
+    const res = await debit({ requestId: 'q1', key: 'k1', model: 'm-a', tokensIn: 300, tokensOut: 200 });
+    expect(res.duplicate).toBe(false);
+    expect(res.admitted).toBe(true);
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(500);
+    expect(await used(K.modelTokensIn('acme', 'm-a', 60_000))).toBe(300);
+    expect(await used(K.modelTokensOut('acme', 'm-a', 60_000))).toBe(200);
+    expect(await counter(K.monthlyTokens('acme', 'k:k1', month))).toBe(500);
+    const tok = res.limits.find((l) => l.metric === 'tokens' && l.scope === 'key');
+    expect(tok).toMatchObject({ limit: 5000n, used: 500n, remaining: 4500n, windowSeconds: 60n });
+    expect(res.limits.find((l) => l.metric === 'tokens_in')).toMatchObject({
+      scope: 'account_model',
+      used: 300n,
+    });
+    // The slot was released: the reservation is gone.
+    expect((await release('q1', 'k1')).released).toBe(false);
+  });
+
+  it('split reservations settle per metric (reserved 800 in → actual 300 in)', async () => {
+    await decide({ key: 'k1', model: 'm-a', tokens_in: 800, tokens_out: 400, request_id: 'q2' });
+    expect(await used(K.modelTokensIn('acme', 'm-a', 60_000))).toBe(800);
+    await debit({ requestId: 'q2', key: 'k1', model: 'm-a', tokensIn: 300, tokensOut: 200 });
+    expect(await used(K.modelTokensIn('acme', 'm-a', 60_000))).toBe(300);
+    expect(await used(K.modelTokensOut('acme', 'm-a', 60_000))).toBe(200);
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(500);
+  });
+
+  it('spend matches the price table to the micro-dollar, into daily and monthly spend', async () => {
+    // m-a: $2.50 / $10.00 per million → 300 × 2.5 + 200 × 10 = 2750 µ$.
+    const a = await debit({ requestId: 's1', key: 'spender', model: 'm-a', tokensIn: 300, tokensOut: 200 });
+    expect(a.spendMicros).toBe(2750n);
+    // m-b: $0.15 / $0.60 → 333 × 0.15 + 777 × 0.6 = 49.95 + 466.2 = 516.15 → 516 µ$ (half up).
+    const b = await debit({ requestId: 's2', key: 'spender', model: 'm-b', tokensIn: 333, tokensOut: 777 });
+    expect(b.spendMicros).toBe(516n);
+    expect(await counter(K.monthlySpend('spendco', 'k:spender', month))).toBe(3266);
+    expect(await counter(K.dailySpend('spendco', 'k:spender', periodsAt(T0, 'UTC').day))).toBe(3266);
+    expect(b.limits.find((l) => l.metric === 'monthly_spend')).toMatchObject({
+      scope: 'key',
+      limit: 1_000_000n,
+      used: 3266n,
+      remaining: 996_734n,
+    });
+    expect(b.limits.find((l) => l.metric === 'daily_spend')).toMatchObject({ limit: 500_000n, used: 3266n });
+    // Uncapped metrics are counted but not listed as limits.
+    expect(b.limits.find((l) => l.metric === 'monthly_tokens')).toBeUndefined();
+    expect(await counter(K.monthlyTokens('spendco', 'k:spender', month))).toBe(1610);
+    expect(env.debits.at(-1)).toMatchObject({
+      keyRef: 'k:spender',
+      spendMicros: 516,
+      tokensIn: 333,
+      tokensOut: 777,
+    });
+  });
+
+  it('a retried debit counts once, sequentially and concurrently', async () => {
+    await decide({ key: 'k1', model: 'm-a', tokens: 100, request_id: 'd1' });
+    const first = await debit({ requestId: 'd1', key: 'k1', model: 'm-a', tokensIn: 40, tokensOut: 20 });
+    const again = await debit({ requestId: 'd1', key: 'k1', model: 'm-a', tokensIn: 40, tokensOut: 20 });
+    expect(first.duplicate).toBe(false);
+    expect(again.duplicate).toBe(true);
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(60);
+
+    await decide({ key: 'k2', model: 'm-a', tokens: 100, request_id: 'd2' });
+    const burst = await Promise.all(
+      Array.from({ length: 8 }, () =>
+        debit({ requestId: 'd2', key: 'k2', model: 'm-a', tokensIn: 10, tokensOut: 5 }),
+      ),
+    );
+    expect(burst.filter((r) => !r.duplicate)).toHaveLength(1);
+    expect(await used(K.keyTokens('acme', 'k:k2', 60_000))).toBe(15);
+    expect(await used(K.modelTokensIn('acme', 'm-a', 60_000))).toBe(50);
+    expect(await counter(K.monthlyTokens('acme', 'k:k2', month))).toBe(15);
+    // Still remembered past the lease (1 min) and within lease + 1 h.
+    env.clock.t += 60 * 60_000;
+    expect(
+      (await debit({ requestId: 'd2', key: 'k2', model: 'm-a', tokensIn: 10, tokensOut: 5 })).duplicate,
+    ).toBe(true);
+  });
+
+  it('release frees the slot so the next request is admitted; releasing twice is harmless', async () => {
+    for (let i = 0; i < 5; i++)
+      expect((await decide({ key: 'k1', request_id: `h${i}` })).overallCode).toBe(OK);
+    expect((await decide({ key: 'k1', request_id: 'h5' })).overallCode).toBe(OVER);
+    expect((await release('h0', 'k1')).released).toBe(true);
+    expect((await release('h0', 'k1')).released).toBe(false);
+    expect((await decide({ key: 'k1', request_id: 'h5' })).overallCode).toBe(OK);
+    // By account instead of key.
+    expect((await release('h1', '', 'acme')).released).toBe(true);
+    // A Debit with release=false keeps the slot; a later Release frees it.
+    await debit({ requestId: 'h2', key: 'k1', model: 'm-a', tokensIn: 1, tokensOut: 1, release: false });
+    expect((await release('h2', 'k1')).released).toBe(true);
+  });
+
+  it('expired leases free slots and are recorded per key', async () => {
+    for (let i = 0; i < 5; i++) await decide({ key: 'k2', request_id: `e${i}` });
+    expect((await decide({ key: 'k2', request_id: 'e5' })).overallCode).toBe(OVER);
+    env.clock.t = T0 + 60_001;
+    expect((await decide({ key: 'k2', request_id: 'e6' })).overallCode).toBe(OK);
+    expect(await used(K.keyExpired('acme', 'k:k2'), 3_600_000)).toBe(5);
+    expect(env.expiries.reduce((s, e) => s + e.count, 0)).toBe(5);
+    // A late debit of an expired request still counts its usage (the reservation outlives the lease).
+    const late = await debit({ requestId: 'e0', key: 'k2', model: 'm-a', tokensIn: 10, tokensOut: 0 });
+    expect(late.admitted).toBe(true);
+    expect(await counter(K.monthlyTokens('acme', 'k:k2', month))).toBe(10);
+  });
+
+  it('spend caps reached through debits deny the next request: daily 402, then monthly 402', async () => {
+    expect((await decide({ key: 'spender', model: 'm-a', request_id: 'b1' })).overallCode).toBe(OK);
+    // 60 000 output tokens at $10/M = $0.60 ≥ the $0.50 daily cap.
+    await debit({ requestId: 'b1', key: 'spender', model: 'm-a', tokensOut: 60_000 });
+    const day = await decide({ key: 'spender', model: 'm-a', request_id: 'b2' });
+    expect(day.overallCode).toBe(OVER);
+    expect(headers(day)['x-ratelimit-denied']).toBe('DAILY_SPEND_LIMIT_EXCEEDED');
+    const dayEnd = Date.UTC(2026, 0, 15);
+    expect(headers(day)['Retry-After']).toBe(String((dayEnd - env.clock.t) / 1000));
+    expect(body(day).error).toMatchObject({
+      type: 'quota_error',
+      code: 'DAILY_SPEND_LIMIT_EXCEEDED',
+      message: 'Daily spend limit reached: $0.60 of $0.50 used today.',
+      details: {
+        limit: 500_000,
+        metric: 'daily_spend',
+        scope: 'key',
+        window_seconds: 86_400,
+        reset: dayEnd / 1000,
+      },
+    });
+
+    env.clock.t = dayEnd + 1000;
+    expect((await decide({ key: 'spender', model: 'm-a', request_id: 'b3' })).overallCode).toBe(OK);
+    await debit({ requestId: 'b3', key: 'spender', model: 'm-a', tokensOut: 45_000 });
+    const mon = await decide({ key: 'spender', model: 'm-a', request_id: 'b4' });
+    expect(headers(mon)['x-ratelimit-denied']).toBe('MONTHLY_SPEND_LIMIT_EXCEEDED');
+    expect(body(mon).error).toMatchObject({
+      type: 'quota_error',
+      details: { limit: 1_000_000, metric: 'monthly_spend', reset: Date.UTC(2026, 1, 1) / 1000 },
+    });
+  });
+
+  it('monthly tokens reached through debits: MONTHLY_TOKEN_LIMIT_EXCEEDED', async () => {
+    await debit({ requestId: 't1', key: 'tokcap', model: 'm-b', tokensIn: 6000, tokensOut: 4000 });
+    const res = await decide({ key: 'tokcap', request_id: 't2' });
+    expect(headers(res)['x-ratelimit-denied']).toBe('MONTHLY_TOKEN_LIMIT_EXCEEDED');
+    expect(body(res).error.message).toBe('Monthly token limit reached: 10000/10000 tokens used this month.');
+  });
+
+  it('a debit with no known admission still counts, and is counted in a metric', async () => {
+    const before = await metricValue('ratekeeper_debits_total', { result: 'unreserved' });
+    const res = await debit({ requestId: 'ghost', key: 'k1', model: 'm-a', tokensIn: 70, tokensOut: 30 });
+    expect(res.admitted).toBe(false);
+    expect(res.duplicate).toBe(false);
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(100);
+    expect(await metricValue('ratekeeper_debits_total', { result: 'unreserved' })).toBe(before + 1);
+  });
+
+  it('stream-done descriptors (entry usage, hits_addend = amount) debit and always answer OK', async () => {
+    await decide({ key: 'k1', model: 'm-a', tokens: 1000, request_id: 'sd1' });
+    const req = rlsRequest([
+      { entries: { key: 'k1', model: 'm-a', request_id: 'sd1', usage: 'tokens_in' }, hitsAddend: 300 },
+      { entries: { key: 'k1', model: 'm-a', request_id: 'sd1', usage: 'tokens_out' }, hitsAddend: 200 },
+    ]);
+    const res = await decideInference(req, env.deps);
+    expect(res.overallCode).toBe(OK);
+    expect(res.statuses.map((s) => s.code)).toEqual([OK, OK]);
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(500);
+    expect(await used(K.modelTokensOut('acme', 'm-a', 60_000))).toBe(200);
+    expect(env.debits.at(-1)).toMatchObject({ spendMicros: 2750, reserved: true });
+    // Envoy retrying the same stream-done call counts once; the slot was released.
+    await decideInference(req, env.deps);
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(500);
+    expect((await release('sd1', 'k1')).released).toBe(false);
+    // Over every limit, a stream-done debit still answers OK.
+    const big = rlsRequest([
+      { entries: { key: 'k1', model: 'm-a', usage: 'tokens' }, hitsAddend: 1_000_000 },
+    ]);
+    expect((await decideInference(big, env.deps)).overallCode).toBe(OK);
+  });
+
+  it('bad input is INVALID_ARGUMENT naming the field, with nothing applied', async () => {
+    const ok = { requestId: 'x1', key: 'k1', model: 'm-a', tokensIn: 1, tokensOut: 1 };
+    expect((await err(debit({ ...ok, requestId: '' }))).field).toBe('request_id');
+    expect((await err(debit({ ...ok, key: '' }))).field).toBe('key');
+    expect((await err(debit({ ...ok, model: '' }))).field).toBe('model');
+    expect((await err(debit({ ...ok, model: 'no-such-model' }))).field).toBe('model');
+    expect((await err(debit({ ...ok, tokensIn: -1 }))).field).toBe('tokens_in');
+    expect((await err(debit({ ...ok, tokensOut: -5 }))).field).toBe('tokens_out');
+    expect((await err(debit({ ...ok, tokensOut: 2e9 }))).field).toBe('tokens_out');
+    expect((await err(debit({ ...ok, tier: 'gold' }))).field).toBe('tier');
+    expect((await err(release(''))).field).toBe('request_id');
+    expect((await err(release('x1'))).field).toBe('key');
+    const sd = (entries: Entries, hitsAddend?: number) =>
+      err(
+        decideInference(rlsRequest([hitsAddend === undefined ? entries : { entries, hitsAddend }]), env.deps),
+      );
+    expect((await sd({ key: 'k1', model: 'm-a', usage: 'watts' }, 3)).field).toBe(
+      'descriptors[0].entries[2].value',
+    );
+    expect((await sd({ key: 'k1', model: 'nope', usage: 'tokens' }, 3)).field).toBe(
+      'descriptors[0].entries[1].value',
+    );
+    expect((await sd({ key: 'k1', usage: 'tokens' }, 3)).field).toBe('descriptors[0].entries[1].value');
+    expect(await env.storeKeys()).toEqual([]);
+    expect(env.debits).toHaveLength(0);
+  });
+});
