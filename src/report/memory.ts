@@ -125,6 +125,11 @@ export class MemoryReportStore implements ReportStore {
     for (const l of this.listeners) l(alert);
   }
 
+  /** Listeners of this instance (WatchAlerts streams). */
+  get subscribers(): number {
+    return this.listeners.size;
+  }
+
   subscribe(listener: (alert: Alert) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);

@@ -202,33 +202,41 @@ export class RedisReportStore implements ReportStore {
 
   subscribe(listener: (alert: Alert) => void): () => void {
     this.listeners.add(listener);
-    if (!this.sub) {
-      const sub: Redis | Cluster = (this.redis as Redis).duplicate();
-      this.sub = sub;
-      sub.on('error', this.onError);
-      sub.on('message', (_channel: string, message: string) => {
-        let alert: Alert;
-        try {
-          alert = JSON.parse(message) as Alert;
-        } catch (err) {
-          this.onError(err);
-          return;
-        }
-        for (const l of this.listeners) l(alert);
-      });
-      // The shared client runs without an offline queue: subscribe once connected (ioredis
-      // re-subscribes by itself after a reconnect).
-      const go = () => void sub.subscribe(this.channel).catch(this.onError);
-      if (sub.status === 'ready') go();
-      else sub.once('ready', go);
-    }
+    this.connectSub();
     return () => this.listeners.delete(listener);
   }
 
-  /** Resolves once the alert subscription is live (publishes before that are not received). */
+  /** Listeners of this instance (WatchAlerts streams). */
+  get subscribers(): number {
+    return this.listeners.size;
+  }
+
+  private connectSub(): Redis | Cluster {
+    if (this.sub) return this.sub;
+    const sub: Redis | Cluster = (this.redis as Redis).duplicate();
+    this.sub = sub;
+    sub.on('error', this.onError);
+    sub.on('message', (_channel: string, message: string) => {
+      let alert: Alert;
+      try {
+        alert = JSON.parse(message) as Alert;
+      } catch (err) {
+        this.onError(err);
+        return;
+      }
+      for (const l of this.listeners) l(alert);
+    });
+    // The shared client runs without an offline queue: subscribe once connected (ioredis
+    // re-subscribes by itself after a reconnect).
+    const go = () => void sub.subscribe(this.channel).catch(this.onError);
+    if (sub.status === 'ready') go();
+    else sub.once('ready', go);
+    return sub;
+  }
+
+  /** Opens the alert subscription if needed; resolves once it is live. */
   async subscribed(): Promise<void> {
-    const sub = this.sub;
-    if (!sub) return;
+    const sub = this.connectSub();
     if (sub.status !== 'ready') await new Promise((resolve) => sub.once('ready', resolve));
     // A PING on a subscribed connection is answered after the SUBSCRIBE that preceded it.
     await sub.ping();

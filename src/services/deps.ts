@@ -3,6 +3,7 @@ import type { GenericDomain } from '../config/generic.js';
 import type { InferencePolicy } from '../config/inference.js';
 import type { KeyRegistry } from '../keys/registry.js';
 import type { KeyDirectory } from '../keys/types.js';
+import type { ReportRuntime } from '../report/index.js';
 import type { ReportStore } from '../report/types.js';
 import type { LimiterStore } from '../store/store.js';
 import type { ServiceAuth } from '../transport/auth.js';
@@ -29,4 +30,6 @@ export interface Deps {
   flags?: ReportStore;
   /** Decision, debit and lease-expiry hooks of the inference domain (report signals). */
   events?: InferenceEvents;
+  /** ReportService state (createReport); its store is `flags`, its hooks are `events`. */
+  report?: ReportRuntime;
 }
