@@ -96,14 +96,17 @@ export class ConfigSource {
 const rangeStart = (node: unknown): number | undefined =>
   isNode(node) && node.range ? node.range[0] : undefined;
 
-/** The child at `p` and, for map values, the offset of its key (a null value has no range). */
+/**
+ * The child at `p` and where to point at it: for a map entry its key, the line an operator reads as
+ * the field (a block map value starts on the next line; a null value has no range).
+ */
 const child = (node: unknown, p: string | number): { value: unknown; offset?: number } | undefined => {
   if (isMap(node)) {
     const pair = node.items.find(
       (it) => isPair(it) && isScalar(it.key) && String(it.key.value) === String(p),
     );
     if (!pair) return undefined;
-    const offset = isNode(pair.value) && pair.value.range ? pair.value.range[0] : rangeStart(pair.key);
+    const offset = rangeStart(pair.key);
     return { value: pair.value, ...(offset === undefined ? {} : { offset }) };
   }
   if (isSeq(node) && typeof p === 'number') {

@@ -221,8 +221,11 @@ const compileLevel = (
       field: formatPath(path),
     });
     if (value === undefined) byKey.set(d.key, rule);
-    else if (value.endsWith('*')) wildcards.push(rule);
-    else exact.set(id, rule);
+    else {
+      // A wildcard is also found by its literal value first, as in envoyproxy/ratelimit.
+      exact.set(id, rule);
+      if (value.endsWith('*')) wildcards.push(rule);
+    }
   });
   return Object.freeze({ exact, wildcards: Object.freeze(wildcards), byKey, size: docs.length });
 };

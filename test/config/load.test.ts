@@ -111,14 +111,14 @@ descriptors:
     [
       'missing requests_per_unit',
       'domain: a\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: second\n',
-      5,
+      4,
       'descriptors[0].rate_limit.requests_per_unit',
       'required',
     ],
     [
       'missing unit',
       'domain: a\ndescriptors:\n  - key: k\n    rate_limit:\n      requests_per_unit: 4\n',
-      5,
+      4,
       'descriptors[0].rate_limit.unit',
       'required (one of second, minute, hour, day)',
     ],
@@ -163,7 +163,7 @@ descriptors:
     [
       'descriptors not a list',
       'domain: a\ndescriptors:\n  key: k\n',
-      3,
+      2,
       'descriptors',
       'expected a list of descriptors',
     ],

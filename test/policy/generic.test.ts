@@ -1,5 +1,7 @@
 import { create } from '@bufbuild/protobuf';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import YAML from 'yaml';
 import {
   RateLimitRequestSchema,
   RateLimitResponse_Code,
@@ -411,5 +413,115 @@ descriptors:
     );
     const none = planGeneric(d, request('r', [{ e: [['none', '1']] }]));
     expect(genericResponse(none, undefined, DEFAULT_GENERIC_HEADERS).responseHeadersToAdd).toEqual([]);
+  });
+});
+
+describe('findRule agrees with a direct transcription of envoyproxy/ratelimit GetLimit', () => {
+  interface Node {
+    key: string;
+    value?: string;
+    rate_limit?: { unit: 'second'; requests_per_unit: number };
+    descriptors?: Node[];
+  }
+  // Its own data model: `key` or `key_value` maps per level, wildcard keys kept on the parent.
+  interface GoLevel {
+    map: Map<string, GoNode>;
+    wildcardKeys: string[];
+  }
+  interface GoNode extends GoLevel {
+    limit?: number;
+  }
+  const goLevel = (nodes: Node[] = []): GoLevel => {
+    const level: GoLevel = { map: new Map(), wildcardKeys: [] };
+    for (const n of nodes) {
+      const finalKey = n.value ? `${n.key}_${n.value}` : n.key;
+      const child = goLevel(n.descriptors);
+      level.map.set(finalKey, {
+        ...child,
+        ...(n.rate_limit ? { limit: n.rate_limit.requests_per_unit } : {}),
+      });
+      if (finalKey.endsWith('*')) level.wildcardKeys.push(finalKey);
+    }
+    return level;
+  };
+  const goGetLimit = (root: GoLevel, entries: [string, string][]): number | undefined => {
+    let map = root.map;
+    let prev: GoLevel = root;
+    let limit: number | undefined;
+    for (let i = 0; i < entries.length; i++) {
+      const [key, value] = entries[i]!;
+      let finalKey = `${key}_${value}`;
+      let next = map.get(finalKey);
+      if (!next) {
+        for (const wk of prev.wildcardKeys) {
+          if (finalKey.startsWith(wk.slice(0, -1))) {
+            next = map.get(wk);
+            break;
+          }
+        }
+      }
+      if (!next) {
+        finalKey = key;
+        next = map.get(finalKey);
+      }
+      if (next?.limit !== undefined && i === entries.length - 1) limit = next.limit;
+      if (next && next.map.size > 0) map = next.map;
+      else break;
+      prev = next;
+    }
+    return limit;
+  };
+
+  let id = 0;
+  const keys = fc.constantFrom('a', 'b', 'c');
+  const node = (depth: number): fc.Arbitrary<Node> =>
+    fc
+      .record({
+        key: keys,
+        value: fc.option(fc.constantFrom('x', 'y', 'x*', 'xy*', '*'), { nil: undefined }),
+        limited: fc.boolean(),
+        children: depth > 0 ? fc.array(node(depth - 1), { maxLength: 3 }) : fc.constant([]),
+      })
+      .map(({ key, value, limited, children }) => ({
+        key,
+        ...(value === undefined ? {} : { value }),
+        ...(limited ? { rate_limit: { unit: 'second' as const, requests_per_unit: ++id } } : {}),
+        ...(children.length > 0 ? { descriptors: children } : {}),
+      }));
+  // Both sides reject duplicates at a level (the Go loader panics), so generate without them.
+  const dedupe = (nodes: Node[]): Node[] => {
+    const seen = new Set<string>();
+    return nodes
+      .filter((n) => {
+        const k = `${n.key}\u0000${n.value ?? ''}`;
+        if (seen.has(k)) return false;
+        seen.add(k);
+        return true;
+      })
+      .map((n) => (n.descriptors ? { ...n, descriptors: dedupe(n.descriptors) } : n));
+  };
+  const request = fc.array(fc.tuple(keys, fc.constantFrom('x', 'xy', 'xyz', 'y', 'z')), {
+    minLength: 1,
+    maxLength: 4,
+  });
+
+  it('on random trees and requests', () => {
+    fc.assert(
+      fc.property(
+        fc.array(node(3), { maxLength: 6 }),
+        fc.array(request, { minLength: 1, maxLength: 10 }),
+        (raw, reqs) => {
+          const descriptors = dedupe(raw);
+          const domain = domainOf(YAML.stringify({ domain: 'p', descriptors }));
+          const go = goLevel(descriptors);
+          for (const r of reqs) {
+            const m = findRule(domain.root, entries(...r));
+            const ours = m && !m.limit.unlimited ? m.limit.requestsPerUnit : undefined;
+            expect(ours).toBe(goGetLimit(go, r));
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
   });
 });
