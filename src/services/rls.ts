@@ -11,6 +11,7 @@ import { StoreUnavailableError } from '../store/store.js';
 import { bind, type ServiceBinding } from '../transport/types.js';
 import type { Deps } from './deps.js';
 import { decideGeneric } from './rls-generic.js';
+import { decideInference } from './rls-inference.js';
 
 /** Envoy sends a handful; far more is a misconfiguration or abuse, refused before any work. */
 export const MAX_DESCRIPTORS = 64;
@@ -72,7 +73,8 @@ export const rlsBinding = (deps: Deps): ServiceBinding =>
       const config = deps.config();
       const known = config.domains.has(req.domain) || config.inference?.domain === req.domain;
       const domain = known ? req.domain : UNKNOWN_DOMAIN;
-      const res = await decideGeneric(req, deps).catch(unavailable);
+      const decide = config.inference?.domain === req.domain ? decideInference : decideGeneric;
+      const res = await decide(req, deps).catch(unavailable);
       rlsDecisions.inc({ domain, code: CODE_LABEL[res.overallCode] });
       rlsDuration.observe({ domain }, Number(process.hrtime.bigint() - started) / 1e9);
       return res;
