@@ -480,14 +480,16 @@ describe('findRule agrees with a direct transcription of envoyproxy/ratelimit Ge
         key: keys,
         value: fc.option(fc.constantFrom('x', 'y', 'x*', 'xy*', '*'), { nil: undefined }),
         limited: fc.boolean(),
-        children: depth > 0 ? fc.array(node(depth - 1), { maxLength: 3 }) : fc.constant([]),
+        children: depth > 0 ? fc.array(node(depth - 1), { maxLength: 3 }) : fc.constant<Node[]>([]),
       })
-      .map(({ key, value, limited, children }) => ({
-        key,
-        ...(value === undefined ? {} : { value }),
-        ...(limited ? { rate_limit: { unit: 'second' as const, requests_per_unit: ++id } } : {}),
-        ...(children.length > 0 ? { descriptors: children } : {}),
-      }));
+      .map(
+        ({ key, value, limited, children }): Node => ({
+          key,
+          ...(value === undefined ? {} : { value }),
+          ...(limited ? { rate_limit: { unit: 'second' as const, requests_per_unit: ++id } } : {}),
+          ...(children.length > 0 ? { descriptors: children } : {}),
+        }),
+      );
   // Both sides reject duplicates at a level (the Go loader panics), so generate without them.
   const dedupe = (nodes: Node[]): Node[] => {
     const seen = new Set<string>();
