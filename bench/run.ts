@@ -201,6 +201,8 @@ export interface Pass {
 
 interface Target {
   pid: number;
+  /** The probe request met a configured limit. */
+  limited: boolean;
   grpc: string;
   http?: string;
   stop(): Promise<void>;
@@ -281,8 +283,11 @@ const runLoadgen = (spec: LoadSpec, onWindow: (phase: 'measuring' | 'measured') 
     );
   });
 
-/** Calls the target once with the scenario's first request; a string says what went wrong. */
-const probe = (address: string, req: RateLimitRequest): Promise<string | undefined> =>
+/**
+ * Calls the target once with the scenario's first request: `err` says what went wrong; `limited`
+ * whether any limit applied (a scenario answered by no limit at all measures nothing).
+ */
+const probe = (address: string, req: RateLimitRequest): Promise<{ err?: string; limited: boolean }> =>
   new Promise((done) => {
     const client = new grpc.Client(address, grpc.credentials.createInsecure());
     client.makeUnaryRequest(
@@ -294,28 +299,30 @@ const probe = (address: string, req: RateLimitRequest): Promise<string | undefin
       { deadline: Date.now() + 2000 },
       (err, res) => {
         client.close();
-        if (err) done(`${grpc.status[err.code]}: ${err.details}`);
+        const limited = (res?.statuses ?? []).some((st) => st.currentLimit !== undefined);
+        if (err) done({ err: `${grpc.status[err.code]}: ${err.details}`, limited });
         else if (res?.overallCode !== RateLimitResponse_Code.OK)
-          done(`overall_code ${RateLimitResponse_Code[res?.overallCode ?? 0]}`);
-        else done(undefined);
+          done({ err: `overall_code ${RateLimitResponse_Code[res?.overallCode ?? 0]}`, limited });
+        else done({ limited });
       },
     );
   });
 
-const waitReady = async (child: Child, address: string, req: RateLimitRequest): Promise<void> => {
+const waitReady = async (child: Child, address: string, req: RateLimitRequest): Promise<boolean> => {
   await waitFor(`server at ${address}`, 20_000, async () => {
     if (child.proc.exitCode !== null)
       throw new Error(`server exited ${child.proc.exitCode}:\n${child.output()}`);
-    const err = await probe(address, req);
+    const { err } = await probe(address, req);
     return err === undefined || !err.startsWith('UNAVAILABLE');
   }).catch((err: Error) => {
     throw new Error(`${err.message}\n${child.output()}`);
   });
-  const err = await probe(address, req);
+  const { err, limited } = await probe(address, req);
   if (err)
     throw new Error(
       `the server answers the bench request with ${err}: check the bench config\n${child.output()}`,
     );
+  return limited;
 };
 
 const startRatekeeper = async (
@@ -346,9 +353,10 @@ const startRatekeeper = async (
   ];
   const child = startChild(process.execPath, args);
   const grpcAddr = `127.0.0.1:${port}`;
-  await waitReady(child, grpcAddr, req);
+  const limited = await waitReady(child, grpcAddr, req);
   return {
     pid: child.proc.pid ?? 0,
+    limited,
     grpc: grpcAddr,
     http: `http://127.0.0.1:${httpPort}`,
     child,
@@ -365,7 +373,7 @@ const startEmpty = async (req: RateLimitRequest): Promise<Target> => {
   ]);
   const grpcAddr = `127.0.0.1:${port}`;
   await waitReady(child, grpcAddr, req);
-  return { pid: child.proc.pid ?? 0, grpc: grpcAddr, child, stop: () => child.stop() };
+  return { pid: child.proc.pid ?? 0, limited: false, grpc: grpcAddr, child, stop: () => child.stop() };
 };
 
 interface Ctx {
@@ -644,6 +652,8 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
   const profileDir = ctx.o.profile ? join(ctx.dir, `profile-${id}`) : undefined;
   const target = await startRatekeeper(configDir, req, s.store === 'redis' ? redis : undefined, profileDir);
   const usesRedis = s.store === 'redis' ? redis : undefined;
+  if (!target.limited)
+    ctx.notes.push(`(${id}): the server applied no limit to the bench request: this measures a no-op answer`);
   let sample: MonitorSample | undefined;
   try {
     ctx.passes.push(
