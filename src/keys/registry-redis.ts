@@ -75,6 +75,8 @@ export interface RedisRegistryOptions {
   /** How long a write waits for its own change notification before resyncing directly. */
   notifyTimeoutMs?: number;
   auditMax?: number;
+  /** How long open() waits for Redis before serving with an empty directory. */
+  startTimeoutMs?: number;
   log?: Logger;
 }
 
@@ -100,7 +102,7 @@ export class RedisKeyRegistry implements KeyRegistry {
   private readonly log: Logger | undefined;
   private readonly timer: NodeJS.Timeout;
   private waiters: { v: number; resolve: () => void }[] = [];
-  private resyncing: Promise<void> | undefined;
+  private resyncing: Promise<boolean> | undefined;
   private resyncAgain = false;
   private closed = false;
 
@@ -112,8 +114,15 @@ export class RedisKeyRegistry implements KeyRegistry {
     this.notifyTimeoutMs = opts.notifyTimeoutMs ?? 1000;
     this.auditMax = opts.auditMax ?? DEFAULT_AUDIT_MAX;
     this.log = opts.log;
-    // A subscribed connection serves nothing else: a second connection of the same kind.
-    this.sub = opts.client instanceof Cluster ? opts.client.duplicate() : opts.client.duplicate();
+    // A subscribed connection serves nothing else: a second connection of the same kind. Unlike the
+    // fail-fast command client it queues its SUBSCRIBE until connected and has no command deadline.
+    this.sub =
+      opts.client instanceof Cluster
+        ? opts.client.duplicate(undefined, {
+            enableOfflineQueue: true,
+            redisOptions: { ...opts.client.options.redisOptions, commandTimeout: undefined },
+          })
+        : opts.client.duplicate({ enableOfflineQueue: true, commandTimeout: undefined });
     this.sub.on('message', (_channel: string, message: string) => this.onMessage(message));
     // Messages sent while the subscriber was away are lost: reload after every (re)connection.
     this.sub.on('ready', () => this.resync());
@@ -124,15 +133,30 @@ export class RedisKeyRegistry implements KeyRegistry {
     this.timer.unref();
   }
 
-  /** Subscribes, then loads every record; resolves once the directory is current. */
+  /**
+   * Subscribes, then loads every record; resolves once the directory is current, or after
+   * startTimeoutMs with Redis unreachable (the directory is then empty and fills in as soon as Redis
+   * answers: on the subscriber's reconnection or the next periodic check).
+   */
   static async open(opts: RedisRegistryOptions): Promise<RedisKeyRegistry> {
     const reg = new RedisKeyRegistry(opts);
-    try {
-      await reg.sub.subscribe(reg.k.channel);
-      await reg.resync();
-    } catch (err) {
-      await reg.close();
-      throw err;
+    const deadline = Date.now() + (opts.startTimeoutMs ?? 5000);
+    const subscribed = reg.sub.subscribe(reg.k.channel).then(
+      () => true,
+      (err: Error) => {
+        reg.log?.warn({ err: err.message }, 'key registry: subscribe failed');
+        return false;
+      },
+    );
+    const settle = new Promise<boolean>((resolve) =>
+      setTimeout(() => resolve(false), Math.max(0, deadline - Date.now())),
+    );
+    if (!(await Promise.race([subscribed, settle]))) {
+      reg.log?.warn('key registry: Redis not reachable at start; keys apply once it is');
+      return reg;
+    }
+    while (!(await reg.resync()) && Date.now() < deadline && !reg.closed) {
+      await new Promise((r) => setTimeout(r, 100));
     }
     return reg;
   }
@@ -258,9 +282,12 @@ export class RedisKeyRegistry implements KeyRegistry {
     this.wake();
   }
 
-  /** Full reload; concurrent requests share one run, and a request during a run queues one more. */
-  private resync(): Promise<void> {
-    if (this.closed) return Promise.resolve();
+  /**
+   * Full reload; concurrent requests share one run, and a request during a run queues one more.
+   * Resolves false when Redis could not be read (the next check or reconnection retries).
+   */
+  private resync(): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
     if (this.resyncing) {
       this.resyncAgain = true;
       return this.resyncing;
@@ -281,8 +308,10 @@ export class RedisKeyRegistry implements KeyRegistry {
           this.view.replace(records, Number(ver));
           this.wake();
         } while (this.resyncAgain && !this.closed);
+        return true;
       } catch (err) {
         this.log?.warn({ err: (err as Error).message }, 'key registry resync failed');
+        return false;
       } finally {
         this.resyncing = undefined;
       }

@@ -1,32 +1,27 @@
 import { performance } from 'node:perf_hooks';
-import { Cluster, Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Cluster, Redis } from 'ioredis';
+import { afterAll, describe, expect, inject, it } from 'vitest';
 import { RkError } from '../../src/errors.js';
 import { type KeyRegistry, MemoryKeyRegistry, type Mutation } from '../../src/keys/registry.js';
 import { RedisKeyRegistry } from '../../src/keys/registry-redis.js';
 import type { StoredKey } from '../../src/keys/types.js';
-import { type RedisFixture, startRedis } from './redis-fixture.js';
+import { connectRedis } from '../../src/store/factory.js';
 
-let fx: RedisFixture;
 const clients: (Redis | Cluster)[] = [];
 let n = 0;
 
-beforeAll(async () => {
-  fx = await startRedis({ cluster: true });
-});
-
-afterAll(async () => {
+afterAll(() => {
   for (const c of clients) c.disconnect();
-  await fx?.stop();
 });
 
+// The production client settings (fail fast, 50 ms command deadline, no offline queue).
 const standalone = (): Redis => {
-  const c = new Redis(fx.url, { lazyConnect: false });
+  const c = connectRedis({ kind: 'redis', url: inject('redisUrl') }) as Redis;
   clients.push(c);
   return c;
 };
 const cluster = (): Cluster => {
-  const c = new Cluster(fx.clusterNodes);
+  const c = connectRedis({ kind: 'cluster', nodes: inject('redisClusterNodes') }) as Cluster;
   clients.push(c);
   return c;
 };
@@ -314,5 +309,17 @@ describe.each([
     );
     await until(() => a.version === 5 && a.byId('x')?.tier === 'pro');
     await a.close();
+  });
+});
+
+describe('RedisKeyRegistry without Redis', () => {
+  it('starts with Redis unreachable: empty directory, writes UNAVAILABLE', async () => {
+    const down = connectRedis({ kind: 'redis', url: 'redis://127.0.0.1:1' }) as Redis;
+    clients.push(down);
+    const reg = await RedisKeyRegistry.open({ client: down, prefix: 'rk:down:', startTimeoutMs: 200 });
+    expect(reg.byId('x')).toBeUndefined();
+    await rejects(reg.write('x', create({ id: 'x' }), who('create')), 'UNAVAILABLE');
+    await rejects(reg.get('x'), 'UNAVAILABLE');
+    await reg.close();
   });
 });
