@@ -4,6 +4,7 @@ import { join } from 'node:path';
 interface CpuProfileNode {
   id: number;
   callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
 }
 interface CpuProfile {
   nodes: CpuProfileNode[];
@@ -11,11 +12,21 @@ interface CpuProfile {
   timeDeltas: number[];
 }
 
+interface Cost {
+  name: string;
+  where: string;
+  ms: number;
+  share: number;
+}
+
 export interface ProfileSummary {
   file: string;
+  /** Busy time sampled (idle excluded); shares are of this. */
   totalMs: number;
-  /** Self time by function, busiest first (idle excluded from shares). */
-  functions: { name: string; where: string; ms: number; share: number }[];
+  /** Self time by function, busiest first. */
+  functions: Cost[];
+  /** Time with the function on the stack, for the project's own code (src/, gen/). */
+  inclusive: Cost[];
   /** Self time by package (node_modules), source file (src/, gen/) or runtime. */
   areas: { area: string; ms: number; share: number }[];
 }
@@ -35,41 +46,60 @@ const shortUrl = (url: string): string => {
   return url.replace(/^.*\/((?:src|gen|bench)\/)/, '$1');
 };
 
-/** Self-time summary of a V8 .cpuprofile written by `node --cpu-prof`. */
+const ownCode = (url: string): boolean => !url.includes('/node_modules/') && /\/(src|gen)\//.test(url);
+
+/** Self and inclusive time of a V8 .cpuprofile written by `node --cpu-prof`. */
 export const summarizeProfile = (file: string, top = 20): ProfileSummary => {
   const p = JSON.parse(readFileSync(file, 'utf8')) as CpuProfile;
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
-  const self = new Map<number, number>();
-  for (let i = 0; i < p.samples.length; i++) {
-    const id = p.samples[i] as number;
-    self.set(id, (self.get(id) ?? 0) + (p.timeDeltas[i] ?? 0));
-  }
-  const fns = new Map<string, { name: string; where: string; us: number }>();
-  const areas = new Map<string, number>();
-  let total = 0;
-  for (const [id, us] of self) {
-    const n = byId.get(id);
-    if (!n) continue;
+  const parent = new Map<number, number>();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const keyOf = (n: CpuProfileNode): { key: string; name: string; where: string } => {
     const { functionName, url, lineNumber } = n.callFrame;
-    if (functionName === '(idle)') continue;
-    total += us;
     const name = functionName || '(anonymous)';
     const where = url ? `${shortUrl(url)}:${lineNumber + 1}` : '';
-    const key = `${name} ${where}`;
-    const f = fns.get(key) ?? { name, where, us: 0 };
-    f.us += us;
-    fns.set(key, f);
-    const area = areaOf(url, name);
+    return { key: `${name} ${where}`, name, where };
+  };
+
+  const self = new Map<string, { name: string; where: string; us: number }>();
+  const incl = new Map<string, { name: string; where: string; us: number }>();
+  const areas = new Map<string, number>();
+  let total = 0;
+  for (let i = 0; i < p.samples.length; i++) {
+    const n = byId.get(p.samples[i] as number);
+    const us = p.timeDeltas[i] ?? 0;
+    if (!n || n.callFrame.functionName === '(idle)') continue;
+    total += us;
+    const k = keyOf(n);
+    const s = self.get(k.key) ?? { name: k.name, where: k.where, us: 0 };
+    s.us += us;
+    self.set(k.key, s);
+    const area = areaOf(n.callFrame.url, k.name);
     areas.set(area, (areas.get(area) ?? 0) + us);
+    // Each function on this sample's stack once (recursion counted once).
+    const seen = new Set<string>();
+    for (let id: number | undefined = n.id; id !== undefined; id = parent.get(id)) {
+      const f = byId.get(id);
+      if (!f || !ownCode(f.callFrame.url)) continue;
+      const fk = keyOf(f);
+      if (seen.has(fk.key)) continue;
+      seen.add(fk.key);
+      const e = incl.get(fk.key) ?? { name: fk.name, where: fk.where, us: 0 };
+      e.us += us;
+      incl.set(fk.key, e);
+    }
   }
   const share = (us: number) => (total > 0 ? us / total : 0);
+  const costs = (m: Map<string, { name: string; where: string; us: number }>): Cost[] =>
+    [...m.values()]
+      .sort((a, b) => b.us - a.us)
+      .slice(0, top)
+      .map((f) => ({ name: f.name, where: f.where, ms: f.us / 1000, share: share(f.us) }));
   return {
     file,
     totalMs: total / 1000,
-    functions: [...fns.values()]
-      .sort((a, b) => b.us - a.us)
-      .slice(0, top)
-      .map((f) => ({ name: f.name, where: f.where, ms: f.us / 1000, share: share(f.us) })),
+    functions: costs(self),
+    inclusive: costs(incl),
     areas: [...areas.entries()]
       .sort((a, b) => b[1] - a[1])
       .slice(0, top)
@@ -91,9 +121,17 @@ export const formatProfile = (title: string, s: ProfileSummary): string => {
   const pct = (x: number) => `${(x * 100).toFixed(1).padStart(5)}%`;
   return [
     `Profile ${title}: ${s.totalMs.toFixed(0)} ms busy (${s.file})`,
-    '  by area:',
+    '  self time by area:',
     ...s.areas.slice(0, 12).map((a) => `    ${pct(a.share)}  ${a.area}`),
-    '  by function (self time):',
+    '  self time by function:',
     ...s.functions.map((f) => `    ${pct(f.share)}  ${f.name}  ${f.where}`),
+    '  own code, time on the stack (inclusive):',
+    ...s.inclusive.slice(0, 15).map((f) => `    ${pct(f.share)}  ${f.name}  ${f.where}`),
   ].join('\n');
 };
+
+// `node dist/bench/profile.js FILE...`: summarize profiles taken elsewhere.
+if (import.meta.url === `file://${process.argv[1]}`) {
+  for (const f of process.argv.slice(2))
+    process.stdout.write(`${formatProfile(f, summarizeProfile(f, 25))}\n\n`);
+}
