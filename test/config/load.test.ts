@@ -337,8 +337,9 @@ describe('loadConfig', () => {
     await expect(loadConfig(dir)).rejects.toThrow(`${join(dir, 'x.yaml')}:4: descriptors[0].rate_limit.unit`);
   });
 
-  it('loads the shipped example config', async () => {
-    const cfg = await loadConfig('config/domains');
+  it('loads the shipped config directory: the example domain and the inference policy', async () => {
+    const cfg = await loadConfig('config');
     expect(cfg.domains.get('edge')?.root.size).toBeGreaterThan(0);
+    expect(cfg.inference?.domain).toBe('inference');
   });
 });
