@@ -48,6 +48,9 @@ export interface Model {
   readonly limits: ReadonlyMap<string, ModelLimits>;
 }
 
+/** The models entry that applies to models not listed (limits per model id, price, lease). */
+export const ANY_MODEL = '*';
+
 export interface InferencePolicy {
   readonly domain: string;
   readonly unknownKeys: 'allow' | 'deny';
@@ -210,7 +213,7 @@ const policySchema = z.strictObject({
   default_tier: z.string().optional(),
   lease: duration.optional(),
   tiers: z.record(z.string().regex(ID), tierSchema).optional(),
-  models: z.record(z.string().regex(MODEL_ID), modelSchema).optional(),
+  models: z.record(z.union([z.literal('*'), z.string().regex(MODEL_ID)]), modelSchema).optional(),
   keys: z.array(keySchema).optional(),
   signals: signalsSchema.optional(),
 });

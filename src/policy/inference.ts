@@ -2,7 +2,15 @@
  * The inference domain's decision, pure (contract §2, §4): descriptors → one request → checks in
  * contract order → one atomic store decision → statuses, headers and the JSON body Envoy returns.
  */
-import type { InferencePolicy, Limit, Model, ModelLimits, Tier, WindowName } from '../config/inference.js';
+import {
+  ANY_MODEL,
+  type InferencePolicy,
+  type Limit,
+  type Model,
+  type ModelLimits,
+  type Tier,
+  type WindowName,
+} from '../config/inference.js';
 import { invalid } from '../errors.js';
 import type { Principal } from '../keys/resolve.js';
 import type { Decision, DecisionResult, Op, OpState } from '../store/store.js';
@@ -201,6 +209,10 @@ export interface PolicyDenial {
   requested?: number;
 }
 
+/** A model's policy entry, else the `*` entry that covers models not listed. */
+export const policyModel = (policy: InferencePolicy, id: string): Model | undefined =>
+  policy.models.get(id) ?? policy.models.get(ANY_MODEL);
+
 export const modelLimits = (model: Model | undefined, tier: string): ModelLimits | undefined =>
   model ? (model.limits.get(tier) ?? model.limits.get('*')) : undefined;
 
@@ -230,7 +242,7 @@ export function planAdmission(
   dryRun = false,
 ): Admission {
   const tier: Tier = policy.tiers.get(p.tier) ?? policy.tiers.get(policy.defaultTier)!;
-  const model = req.model === undefined ? undefined : policy.models.get(req.model);
+  const model = req.model === undefined ? undefined : policyModel(policy, req.model);
   const ml = modelLimits(model, tier.name);
   const leaseMs = model?.leaseMs ?? policy.leaseMs;
   const ops: Op[] = [];

@@ -7,7 +7,7 @@ import type { InferencePolicy, Model, Price } from '../config/inference.js';
 import { invalid } from '../errors.js';
 import type { Principal } from '../keys/resolve.js';
 import type { OpState, Settle, SettleResult } from '../store/store.js';
-import { modelLimits, type OpMeta, RESERVATION_GRACE_MS } from './inference.js';
+import { modelLimits, type OpMeta, policyModel, RESERVATION_GRACE_MS } from './inference.js';
 import { inferenceKeys as K, periodsAt } from './inference-keys.js';
 
 /** Monthly counters stay readable this long after their month (reports on last month). */
@@ -28,6 +28,7 @@ export interface SettlePlan {
   spendMicros: number;
   tokensIn: number;
   tokensOut: number;
+  tokens: number;
 }
 
 /**
@@ -49,10 +50,13 @@ export function spendMicros(price: Price | undefined, u: Usage): number {
   return Number((num + M / 2n) / M);
 }
 
-/** The model a debit is priced by; unknown models cannot be priced and are refused. */
+/**
+ * The model a debit is priced by: its own entry, else the policy's `*` entry; a model matching
+ * neither cannot be priced and is refused.
+ */
 export function modelFor(policy: InferencePolicy, model: string, field: string): Model {
   if (model === '') throw invalid(field, 'must not be empty');
-  const m = policy.models.get(model);
+  const m = policyModel(policy, model);
   if (!m) throw invalid(field, `unknown model "${model.slice(0, 64)}": no price to debit it by`);
   return m;
 }
@@ -60,6 +64,7 @@ export function modelFor(policy: InferencePolicy, model: string, field: string):
 export function planSettle(
   policy: InferencePolicy,
   p: Principal,
+  modelId: string,
   model: Model,
   usage: Usage,
   requestId: string,
@@ -92,7 +97,7 @@ export function planSettle(
   }
   if (ml?.tokensIn && usage.tokensIn !== undefined) {
     const l = ml.tokensIn;
-    const key = K.modelTokensIn(a, model.id, l.windowMs);
+    const key = K.modelTokensIn(a, modelId, l.windowMs);
     windows.push({ key, windowMs: l.windowMs, limit: l.limit, amount: usage.tokensIn });
     windowMeta.push({
       metric: 'tokens_in',
@@ -105,7 +110,7 @@ export function planSettle(
   }
   if (ml?.tokensOut && usage.tokensOut !== undefined) {
     const l = ml.tokensOut;
-    const key = K.modelTokensOut(a, model.id, l.windowMs);
+    const key = K.modelTokensOut(a, modelId, l.windowMs);
     windows.push({ key, windowMs: l.windowMs, limit: l.limit, amount: usage.tokensOut });
     windowMeta.push({
       metric: 'tokens_out',
@@ -192,6 +197,7 @@ export function planSettle(
     spendMicros: spend,
     tokensIn: usage.tokensIn ?? 0,
     tokensOut: usage.tokensOut ?? 0,
+    tokens: total,
   };
 }
 

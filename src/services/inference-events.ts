@@ -39,6 +39,8 @@ export interface DebitEvent extends KeyIdentity {
   requestId: string;
   tokensIn: number;
   tokensOut: number;
+  /** All tokens of the debit: tokensIn + tokensOut, or the total of a stream-done `usage: tokens`. */
+  tokens: number;
   spendMicros: number;
   duplicate: boolean;
   /** False when no admission was known for the request id. */

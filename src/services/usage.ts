@@ -70,7 +70,7 @@ export async function debit(
   onceSuffix = '',
 ): Promise<DebitOutcome> {
   const model = modelFor(policy, modelId, modelField);
-  const plan = planSettle(policy, p, model, usage, requestId, release, deps.store.now(), onceSuffix);
+  const plan = planSettle(policy, p, modelId, model, usage, requestId, release, deps.store.now(), onceSuffix);
   const r = await deps.store.settle(plan.settle);
   debitsTotal.inc({ result: r.duplicate ? 'duplicate' : r.reserved ? 'settled' : 'unreserved' });
   const limits = settledLimits(plan, r);
@@ -82,10 +82,11 @@ export async function debit(
         ...(p.keyId !== undefined ? { keyId: p.keyId } : {}),
         account: p.account,
         tier: p.tier,
-        model: model.id,
+        model: modelId,
         requestId,
         tokensIn: plan.tokensIn,
         tokensOut: plan.tokensOut,
+        tokens: plan.tokens,
         spendMicros: plan.spendMicros,
         duplicate: r.duplicate,
         reserved: r.reserved,
