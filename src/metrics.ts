@@ -48,3 +48,10 @@ export const configReloads = new Counter({
 
 /** `descriptors[3].entries[0].key` → `descriptors[].entries[].key`, a bounded label value. */
 export const fieldLabel = (field: string): string => field.replace(/\[\d+\]/g, '[]');
+
+export const storeFailures = new Counter({
+  name: 'ratekeeper_store_failures_total',
+  help: 'Store calls that failed (backend unreachable or timed out), by failure mode in force.',
+  labelNames: ['mode'] as const,
+  registers: [registry],
+});

@@ -2,27 +2,34 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { loadConfig } from './config/load.js';
 import { watchConfig } from './config/watch.js';
-import { emptyDirectory, type KeyDirectory } from './keys/types.js';
+import { type KeyRegistry, MemoryKeyRegistry } from './keys/registry.js';
+import { RedisKeyRegistry } from './keys/registry-redis.js';
 import { createLogger, type Logger } from './log.js';
-import { configReloads, registry } from './metrics.js';
+import { configReloads, registry as metricsRegistry, storeFailures } from './metrics.js';
+import { createReport, type ReportRuntime } from './report/index.js';
 import type { Deps, RuntimeConfig } from './services/deps.js';
 import { bindings } from './services/index.js';
 import type { Settings } from './settings.js';
-import { MemoryStore } from './store/memory.js';
+import { createStore, type StoreHandle, type StoreSettings, withFailureMode } from './store/factory.js';
 import type { LimiterStore } from './store/store.js';
+import { type ServiceAuth, serviceAuthFromEnv } from './transport/auth.js';
 import { type HttpTransport, startHttp } from './transport/connect.js';
 import { type GrpcTransport, startGrpc } from './transport/grpc.js';
 import { Health } from './transport/health.js';
 
 /** How often the store's health is looked at, for closed failure mode's NOT_SERVING. */
 const STORE_HEALTH_POLL_MS = 1_000;
+/** How long a start waits for Redis, NOT_SERVING, before serving anyway (it keeps reconnecting). */
+const STORE_READY_TIMEOUT_MS = 5_000;
+/** Store failures are logged at most this often (each one is counted in the metric). */
+const STORE_FAILURE_LOG_MS = 10_000;
 
 export interface RunningServer {
   /** The bound ports (the real ones when 0 was asked for). */
   ports: { grpc: number; http: number; metrics: number };
   health: Health;
   deps: Deps;
-  /** Graceful stop: NOT_SERVING, stop accepting, drain in-flight calls (bounded), close the store. */
+  /** Graceful stop: NOT_SERVING, stop accepting, drain in-flight calls (bounded), close the stores. */
   stop(): Promise<void>;
 }
 
@@ -30,9 +37,29 @@ export interface RunningServer {
 export interface ServerParts {
   /** Used instead of the store the settings describe; the server closes it on stop. */
   store?: LimiterStore;
-  keys?: KeyDirectory;
+  /** Admin-managed keys; default: in Redis when Redis is configured, else in memory. */
+  registry?: KeyRegistry;
+  /** Bearer credentials; default: from the environment (RATEKEEPER_ADMIN_TOKENS, …). */
+  auth?: ServiceAuth;
   log?: Logger;
 }
+
+const storeSettings = (s: Settings): StoreSettings => {
+  if (s.redisUrl) return { kind: 'redis', url: s.redisUrl };
+  if (s.redisCluster) return { kind: 'cluster', nodes: s.redisCluster };
+  if (s.redisSentinel) return { kind: 'sentinel', sentinels: s.redisSentinel, name: s.redisSentinelName! };
+  return { kind: 'memory' };
+};
+
+const givenStore = (store: LimiterStore): StoreHandle => ({
+  limiter: store,
+  ready: async () => true,
+  close: () => store.close(),
+});
+
+const closeAll = async (fns: (() => unknown)[]): Promise<void> => {
+  for (const f of fns.reverse()) await f();
+};
 
 const listenMetrics = (host: string, port: number): Promise<http.Server> => {
   const server = http.createServer((req, res) => {
@@ -40,8 +67,8 @@ const listenMetrics = (host: string, port: number): Promise<http.Server> => {
       res.writeHead(404).end();
       return;
     }
-    registry.metrics().then(
-      (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
+    metricsRegistry.metrics().then(
+      (text) => res.writeHead(200, { 'content-type': metricsRegistry.contentType }).end(text),
       (err: Error) => res.writeHead(500).end(err.message),
     );
   });
@@ -52,47 +79,99 @@ const listenMetrics = (host: string, port: number): Promise<http.Server> => {
 };
 
 /**
- * Loads the config (a bad one throws ConfigError, naming file, line and field), then serves both
- * transports and metrics; NOT_SERVING until everything is up.
+ * Loads the config (a bad one throws ConfigError naming file, line and field) and the credentials,
+ * connects the store, then serves both transports and metrics: NOT_SERVING until the store is ready
+ * (or its start timeout passes).
  */
 export const startServer = async (settings: Settings, parts: ServerParts = {}): Promise<RunningServer> => {
   const log = parts.log ?? createLogger(settings.logLevel);
   let config: RuntimeConfig = await loadConfig(settings.config);
-  // A bad reload keeps the config in force; the error names file, line and field.
-  const unwatch = watchConfig(
-    settings.config,
-    (next) => {
-      config = next;
-      configReloads.inc({ result: 'success' });
-      log.info({ config: settings.config }, 'config reloaded');
-    },
-    (err) => {
-      configReloads.inc({ result: 'error' });
-      log.error(
-        { config: settings.config, error: err.message },
-        'config reload failed; keeping the previous config',
-      );
-    },
-  );
-  const store = parts.store ?? new MemoryStore();
-  const deps: Deps = { store, config: () => config, keys: parts.keys ?? emptyDirectory, log };
-  const services = bindings(deps);
-  const health = new Health(services.map((b) => b.service.typeName));
+  const auth = parts.auth ?? serviceAuthFromEnv();
 
-  const common = { bindings: services, health, log, host: settings.host };
-  // A port that cannot be bound undoes what was started, so a failed start leaves nothing running.
-  const undo: (() => unknown)[] = [unwatch, () => store.close()];
+  // What was started, closed in reverse: the listeners on a failed start (e.g. a port in use), the
+  // resources then and on stop.
+  const resources: (() => unknown)[] = [];
+  const listeners: (() => unknown)[] = [];
+
+  const handle = parts.store ? givenStore(parts.store) : createStore(storeSettings(settings));
+  resources.push(() => handle.close());
+  let lastFailureLog = 0;
+  let failuresSinceLog = 0;
+  const store = withFailureMode(handle.limiter, settings.failureMode, {
+    onFailure: (err) => {
+      storeFailures.inc({ mode: settings.failureMode });
+      failuresSinceLog++;
+      const now = Date.now();
+      if (now - lastFailureLog >= STORE_FAILURE_LOG_MS) {
+        log.warn(
+          { err: err.message, failures: failuresSinceLog, failureMode: settings.failureMode },
+          'store unavailable',
+        );
+        lastFailureLog = now;
+        failuresSinceLog = 0;
+      }
+    },
+  });
+
+  let health: Health;
   let grpc: GrpcTransport;
   let httpT: HttpTransport;
   let metrics: http.Server;
+  let deps: Deps;
+  let report: ReportRuntime;
   try {
+    const registry =
+      parts.registry ??
+      (handle.redis ? await RedisKeyRegistry.open({ client: handle.redis, log }) : new MemoryKeyRegistry());
+    resources.push(() => registry.close());
+    report = createReport({
+      ...(handle.redis ? { redis: handle.redis } : {}),
+      now: () => store.now(),
+      policy: () => config.inference,
+      log,
+    });
+    resources.push(() => report.close());
+
+    // A bad reload keeps the config in force; the error names file, line and field.
+    const unwatch = watchConfig(
+      settings.config,
+      (next) => {
+        config = next;
+        configReloads.inc({ result: 'success' });
+        log.info({ config: settings.config }, 'config reloaded');
+      },
+      (err) => {
+        configReloads.inc({ result: 'error' });
+        log.error(
+          { config: settings.config, error: err.message },
+          'config reload failed; keeping the previous config',
+        );
+      },
+    );
+    resources.push(unwatch);
+
+    deps = {
+      store,
+      config: () => config,
+      keys: registry,
+      registry,
+      auth,
+      flags: report.store,
+      events: report.hooks,
+      report,
+      log,
+    };
+    const services = bindings(deps);
+    health = new Health(services.map((b) => b.service.typeName));
+    const common = { bindings: services, health, log, host: settings.host };
     grpc = await startGrpc({ ...common, port: settings.port });
-    undo.push(() => grpc.shutdown(0));
+    listeners.push(() => grpc.shutdown(0));
     httpT = await startHttp({ ...common, port: settings.httpPort });
-    undo.push(() => httpT.shutdown(0));
+    listeners.push(() => httpT.shutdown(0));
     metrics = await listenMetrics(settings.host, settings.metricsPort);
   } catch (err) {
-    for (const u of undo.reverse()) await u();
+    await closeAll(listeners);
+    await closeAll(resources);
     throw err;
   }
   const ports = {
@@ -100,16 +179,28 @@ export const startServer = async (settings: Settings, parts: ServerParts = {}): 
     http: httpT.port,
     metrics: (metrics.address() as AddressInfo).port,
   };
-
-  let stopping = false;
-  const storeServes = (): boolean => settings.failureMode === 'open' || store.healthy();
-  const poll = setInterval(() => {
-    if (!stopping) health.set(storeServes());
-  }, STORE_HEALTH_POLL_MS);
-  poll.unref();
-  health.set(storeServes());
   log.info(
     { grpcPort: ports.grpc, httpPort: ports.http, metricsPort: ports.metrics, config: settings.config },
+    'ratekeeper listening',
+  );
+
+  let stopping = false;
+  if (!(await handle.ready(STORE_READY_TIMEOUT_MS))) {
+    log.warn({ timeoutMs: STORE_READY_TIMEOUT_MS }, 'store not reachable yet; serving, reconnecting');
+  }
+  const poll = setInterval(() => {
+    if (!stopping) health.set(store.serving());
+  }, STORE_HEALTH_POLL_MS);
+  poll.unref();
+  health.set(store.serving());
+  log.info(
+    {
+      grpcPort: ports.grpc,
+      httpPort: ports.http,
+      metricsPort: ports.metrics,
+      store: storeSettings(settings).kind,
+      failureMode: settings.failureMode,
+    },
     'ratekeeper serving',
   );
 
@@ -118,12 +209,11 @@ export const startServer = async (settings: Settings, parts: ServerParts = {}): 
     stopped ??= (async () => {
       stopping = true;
       clearInterval(poll);
-      unwatch();
       health.set(false);
       const drainMs = settings.drainTimeout * 1000;
       log.info({ drainMs }, 'shutting down: draining in-flight calls');
       await Promise.all([grpc.shutdown(drainMs), httpT.shutdown(drainMs)]);
-      await store.close();
+      await closeAll(resources);
       metrics.closeAllConnections();
       await new Promise<void>((resolve) => metrics.close(() => resolve()));
       log.info('stopped');

@@ -2,6 +2,7 @@ import { ConfigError } from '../config/errors.js';
 import { createLogger } from '../log.js';
 import { type ServerParts, startServer } from '../server.js';
 import { parseSettings, type Settings, SettingsError, settingsHelp } from '../settings.js';
+import { CredentialError } from '../transport/auth.js';
 
 const USAGE = `Usage: ratekeeper serve --config PATH [options]
 
@@ -26,6 +27,15 @@ export const serveUntilSignal = async (settings: Settings, parts: ServerParts = 
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`ratekeeper: invalid config:\n${err.message}\n`);
+      return 1;
+    }
+    if (err instanceof CredentialError) {
+      process.stderr.write(`ratekeeper: invalid credentials: ${err.message}\n`);
+      return 1;
+    }
+    const { code, message } = err as NodeJS.ErrnoException;
+    if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
+      process.stderr.write(`ratekeeper: cannot listen: ${message}\n`);
       return 1;
     }
     throw err;

@@ -5,18 +5,21 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import type { KeyDirectory } from '../../src/keys/types.js';
+import type { KeyRegistry } from '../../src/keys/registry.js';
 import { createLogger, type Logger } from '../../src/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
 import { type SettingsInput, settingsFrom } from '../../src/settings.js';
 import type { LimiterStore } from '../../src/store/store.js';
+import type { ServiceAuth } from '../../src/transport/auth.js';
 
 export interface TestServerOptions {
   /** Config files to write, relative path → YAML text (e.g. `{ 'domains/a.yaml': '…' }`). */
   files?: Record<string, string>;
   /** Store to use (the server closes it on stop); default: the embedded memory store. */
   store?: LimiterStore;
-  keys?: KeyDirectory;
+  /** Admin key registry (default: in memory) and bearer credentials (default: from the environment). */
+  registry?: KeyRegistry;
+  auth?: ServiceAuth;
   /** Any other settings (failureMode, drainTimeout, …); config and ports are set by the harness. */
   settings?: Partial<SettingsInput>;
   /** Default: silent (set LOG_LEVEL=debug to see server logs in a test run). */
@@ -65,7 +68,8 @@ export const startTestServer = async (opts: TestServerOptions = {}): Promise<Tes
     server = await startServer(settings, {
       log,
       ...(opts.store ? { store: opts.store } : {}),
-      ...(opts.keys ? { keys: opts.keys } : {}),
+      ...(opts.registry ? { registry: opts.registry } : {}),
+      ...(opts.auth ? { auth: opts.auth } : {}),
     });
   } catch (err) {
     await rm(configDir, { recursive: true, force: true });
