@@ -44,15 +44,21 @@ export interface RedisStoreOptions {
   testClock?: () => number;
   /** How often the offset to Redis TIME behind now() is re-measured. */
   clockRefreshMs?: number;
+  /** The local clock that offset corrects (default Date.now; tests skew it). */
+  localClock?: () => number;
 }
 
 export class RedisStore implements LimiterStore {
   readonly prefix: string;
   private readonly testClock: (() => number) | undefined;
+  private readonly localClock: () => number;
   private readonly isCluster: boolean;
   private readonly timer: NodeJS.Timeout;
+  private readonly onReady: () => void;
   private offsetMs = 0;
   private failing = false;
+  private probe: NodeJS.Timeout | undefined;
+  private loading: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly client: Redis | Cluster,
@@ -60,19 +66,21 @@ export class RedisStore implements LimiterStore {
   ) {
     this.prefix = options.prefix ?? 'rk:';
     this.testClock = options.testClock;
+    this.localClock = options.localClock ?? Date.now;
     this.isCluster = client instanceof Cluster;
-    const onReady = (): void => {
-      this.loadScripts();
-      this.syncClock();
+    this.onReady = (): void => {
+      this.failing = false;
+      this.loading = this.loadScripts();
+      void this.syncClock();
     };
-    client.on('ready', onReady);
-    if (client.status === 'ready') onReady();
-    this.timer = setInterval(() => this.syncClock(), options.clockRefreshMs ?? 30_000);
+    client.on('ready', this.onReady);
+    if (client.status === 'ready') this.onReady();
+    this.timer = setInterval(() => void this.syncClock(), options.clockRefreshMs ?? 30_000);
     this.timer.unref();
   }
 
   now(): number {
-    return this.testClock ? this.testClock() : Date.now() + this.offsetMs;
+    return this.testClock ? this.testClock() : this.localClock() + this.offsetMs;
   }
 
   healthy(): boolean {
@@ -81,6 +89,8 @@ export class RedisStore implements LimiterStore {
 
   async close(): Promise<void> {
     clearInterval(this.timer);
+    clearInterval(this.probe);
+    this.client.off('ready', this.onReady);
   }
 
   async decide(d: Decision): Promise<DecisionResult> {
@@ -234,30 +244,58 @@ export class RedisStore implements LimiterStore {
       return reply as number[];
     } catch (err) {
       if (isTransient(err)) {
-        this.failing = true;
+        this.markFailing();
         throw new StoreUnavailableError(`redis: ${(err as Error).message}`, { cause: err });
       }
       throw err;
     }
   }
 
-  private loadScripts(): void {
-    const nodes = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
-    for (const node of nodes) {
-      for (const s of Object.values(SCRIPTS)) node.script('LOAD', s.lua).catch(() => {});
-    }
+  /**
+   * Unhealthy until a command succeeds. A hung server can come back without a reconnect, and closed
+   * mode may get no traffic while NOT_SERVING, so a PING probe notices the recovery.
+   */
+  private markFailing(): void {
+    this.failing = true;
+    if (this.probe) return;
+    this.probe = setInterval(() => {
+      if (this.client.status !== 'ready') return;
+      this.client.ping().then(
+        () => {
+          this.failing = false;
+          clearInterval(this.probe);
+          this.probe = undefined;
+        },
+        () => {},
+      );
+    }, 250);
+    this.probe.unref();
   }
 
-  private syncClock(): void {
+  /** Settles once the scripts were sent to every master at the last (re)connect (tests wait on it). */
+  scriptsLoaded(): Promise<void> {
+    return this.loading.then(() => {});
+  }
+
+  /** SCRIPT LOAD on every master, best effort: a node that missed it gets the script by EVAL on NOSCRIPT. */
+  private loadScripts(): Promise<unknown> {
+    const nodes = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
+    return Promise.allSettled(
+      nodes.flatMap((node) => Object.values(SCRIPTS).map((s) => node.script('LOAD', s.lua))),
+    );
+  }
+
+  /** Re-measures the offset between the local clock and Redis TIME (half the round trip as latency). */
+  async syncClock(): Promise<void> {
     if (this.client.status !== 'ready') return;
-    const sent = Date.now();
-    this.client
-      .time()
-      .then(([sec, usec]) => {
-        const back = Date.now();
-        this.offsetMs = Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - (sent + back) / 2;
-      })
-      .catch(() => {});
+    const sent = this.localClock();
+    try {
+      const [sec, usec] = await this.client.time();
+      const back = this.localClock();
+      this.offsetMs = Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - (sent + back) / 2;
+    } catch {
+      // Measured again on the next tick or reconnect.
+    }
   }
 }
 

@@ -14,6 +14,8 @@
 
 export const WINDOW_BUCKETS = 100;
 
+// Limits may be Infinity (unlimited): the Redis store sends the largest exact integer instead.
+
 /** A sliding-window limit: `cost` units are added when the decision admits. */
 export interface WindowOp {
   kind: 'window';
@@ -21,13 +23,16 @@ export interface WindowOp {
   /** Units allowed in any rolling window of windowMs. */
   limit: number;
   windowMs: number;
-  /** Units this decision adds when admitted; 0 checks without counting. */
+  /** Units this decision adds when admitted; 0 checks without counting. Denies when used + cost > limit. */
   cost: number;
-  /** Shadow mode: state is reported and counted, but the op never denies. */
+  /** Shadow mode: state is reported (ok = would it admit) and counted, but the op never denies. */
   shadow?: boolean;
 }
 
-/** A concurrency limit: a slot per request id, held until released or its lease expires. */
+/**
+ * A concurrency limit: a slot per request id, held until released or its lease expires. The same
+ * request id asking again keeps its one slot (the lease is renewed).
+ */
 export interface SlotOp {
   kind: 'slot';
   key: string;
@@ -59,7 +64,7 @@ export interface Decision {
   atomic: boolean;
   /** Required when ops hold slots or reserve units that settle/release must find later. */
   reservation?: Reservation;
-  /** Read state only; consume nothing. */
+  /** Read state only; consume nothing (expired leases are ignored, not freed or counted). */
   dryRun?: boolean;
 }
 
@@ -76,7 +81,10 @@ export interface OpState {
   used: number;
   /** max(0, limit - used). */
   remaining: number;
-  /** Ms until the whole limit is available again (windows: last counted bucket leaves; budgets: period end). */
+  /**
+   * Ms until the whole limit is available again (windows: last counted bucket leaves, 0 when nothing
+   * is counted; slots: the last lease expires; budgets: period end).
+   */
   resetMs: number;
   /**
    * When !ok: ms until this op would admit the same cost again; -1 when it never can
@@ -116,6 +124,7 @@ export interface Settle {
   release: boolean;
 }
 
+/** Settle states: a window is ok while used <= limit, a counter while used < limit (as a budget). */
 export interface SettleResult {
   /** onceKey was already set: nothing was applied. */
   duplicate: boolean;

@@ -16,6 +16,9 @@ export interface RedisProcess {
   url: string;
   /** Kills the server (SIGKILL when hard) and removes its directory. */
   stop(hard?: boolean): Promise<void>;
+  /** SIGSTOP / SIGCONT: a hung server that keeps its connections open. */
+  pause(): void;
+  resume(): void;
 }
 
 export interface RedisClusterProcess {
@@ -66,16 +69,26 @@ export async function startRedis(options: { port?: number; args?: string[] } = {
     ...(options.args ?? []),
   ];
   const proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // A crashed or timed-out test run must not leave servers behind.
+  const onExit = (): void => {
+    proc.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.once('exit', onExit);
+  proc.once('exit', () => process.off('exit', onExit));
   await waitReady(proc, port);
   let stopped = false;
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
+    pause: () => proc.kill('SIGSTOP'),
+    resume: () => proc.kill('SIGCONT'),
     async stop(hard = false) {
       if (stopped) return;
       stopped = true;
       if (proc.exitCode === null && proc.signalCode === null) {
         const exited = new Promise((resolve) => proc.once('exit', resolve));
+        proc.kill('SIGCONT');
         proc.kill(hard ? 'SIGKILL' : 'SIGTERM');
         await exited;
       }

@@ -2,7 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 import { connectRedis, readyWithin, type StoreSettings } from '../../src/store/factory.js';
-import { RedisStore } from '../../src/store/redis.js';
+import { RedisStore, type RedisStoreOptions } from '../../src/store/redis.js';
 
 export const uniquePrefix = (): string => `rk:test:${randomUUID().slice(0, 8)}:`;
 
@@ -14,10 +14,12 @@ export async function client(settings: Exclude<StoreSettings, { kind: 'memory' }
 
 export async function redisStore(
   settings: Exclude<StoreSettings, { kind: 'memory' }>,
-  options: { testClock?: () => number; prefix?: string } = {},
+  options: Omit<RedisStoreOptions, 'prefix'> & { prefix?: string } = {},
 ): Promise<{ store: RedisStore; redis: Redis | Cluster; close(): Promise<void> }> {
   const redis = await client(settings);
   const store = new RedisStore(redis, { prefix: options.prefix ?? uniquePrefix(), ...options });
+  await store.scriptsLoaded();
+  await store.syncClock();
   return {
     store,
     redis,
