@@ -5,14 +5,19 @@ type Command = { run(argv: string[]): Promise<number> };
 
 /** Commands other teams ship; a build without the module answers "not available". */
 const optional = (module: string) => (): Promise<Command> => import(`./cli/${module}.js`);
+/** A module serving several commands: its run() gets the command name first. */
+const named = (module: string, name: string) => async (): Promise<Command> => {
+  const mod = await optional(module)();
+  return { run: (argv) => mod.run([name, ...argv]) };
+};
 
 const COMMANDS: Record<string, { load: () => Promise<Command>; help: string }> = {
   serve: { load: () => import('./cli/serve.js'), help: 'run the server (ratekeeper serve --help)' },
   keys: { load: optional('keys'), help: 'manage API keys through AdminService' },
   usage: { load: optional('usage'), help: "show a key's usage" },
-  flags: { load: optional('report'), help: 'list and review abuse flags' },
-  top: { load: optional('report'), help: 'top keys by usage' },
-  watch: { load: optional('report'), help: 'stream usage alerts' },
+  flags: { load: named('report', 'flags'), help: 'list and review abuse flags' },
+  top: { load: named('report', 'top'), help: 'top keys by usage' },
+  watch: { load: named('report', 'watch'), help: 'stream usage alerts' },
 };
 
 const usage = (): string =>

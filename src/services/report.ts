@@ -51,6 +51,9 @@ const SIGNAL_TO_MSG: Record<SignalKind, SignalMsg> = {
   limit_splitting: SignalMsg.LIMIT_SPLITTING,
 };
 
+/** Whole milliseconds: a clock may hand out fractions, which a Timestamp's integer nanos cannot carry. */
+const ts = (ms: number) => timestampFromMs(Math.floor(ms));
+
 export const flagToProto = (f: FlagRecord): Flag =>
   create(FlagSchema, {
     id: f.id,
@@ -60,8 +63,8 @@ export const flagToProto = (f: FlagRecord): Flag =>
     observed: f.observed,
     threshold: f.threshold,
     windowSeconds: BigInt(Math.round(f.windowMs / 1000)),
-    firstSeen: timestampFromMs(f.firstSeenMs),
-    lastSeen: timestampFromMs(f.lastSeenMs),
+    firstSeen: ts(f.firstSeenMs),
+    lastSeen: ts(f.lastSeenMs),
     state: STATE_TO_MSG[f.state],
     note: f.note,
     reviewedBy: f.reviewedBy,
@@ -70,7 +73,7 @@ export const flagToProto = (f: FlagRecord): Flag =>
 
 export const alertToProto = (a: Alert): AlertMsg =>
   create(AlertSchema, {
-    at: timestampFromMs(a.atMs),
+    at: ts(a.atMs),
     kind:
       'flag' in a
         ? { case: 'flag', value: flagToProto(a.flag) }
