@@ -6,8 +6,10 @@
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RateLimitResponse_Code } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import { type RedisProcess, startRedis } from '../harness/redis.js';
 import { startTestServer, type TestServer } from '../harness/server.js';
 import {
   applyBearerLua,
@@ -91,102 +93,183 @@ const blocks = readmeBlocks();
 const headersA = JSON.parse(blocks['headers']!) as Headers;
 const withId = (id: string): Headers => ({ ...headersA, 'x-request-id': id });
 
-let srv: TestServer;
-let walk: EnvoyWalk;
+// Once with Redis through REDIS_URL, as deploy/kubernetes and deploy/compose run it, once with the
+// embedded store. The steps run in order against one server, as the README's walk does: step 4
+// finds step 1's slot.
+describe.each([
+  ['redis (REDIS_URL, as deployed)', true],
+  ['memory', false],
+])(
+  "deploy/README.md's walk through Envoy, against the server with the ConfigMap's policy: %s",
+  (_name, useRedis) => {
+    let redis: RedisProcess | undefined;
+    let srv: TestServer;
+    let walk: EnvoyWalk;
 
-beforeAll(async () => {
-  const cm = yamlDocs(at('deploy', 'kubernetes', 'configmap.yaml'))[0];
-  srv = await startTestServer({ files: get(cm, 'data') as Record<string, string> });
-  walk = new EnvoyWalk(srv.grpcAddress);
-});
-
-afterAll(async () => {
-  walk?.close();
-  await srv?.stop();
-});
-
-// The steps run in order against one server, as the README's walk does: step 4 finds step 1's slot.
-describe("deploy/README.md's walk through Envoy, against the server with the ConfigMap's policy", () => {
-  it('README blocks are all there', () => {
-    expect(Object.keys(blocks).sort()).toEqual(
-      ['400', '402', '429', 'descriptors', 'descriptors-done', 'headers', 'ok', 'usage'].sort(),
-    );
-  });
-
-  it('1–3: the headers build the descriptors shown, and the request is admitted with the headers shown', async () => {
-    const step = await walk.request(headersA);
-    expect(step.descriptors).toEqual(shownDescriptors(blocks['descriptors']!));
-    expect(step.response.overallCode).toBe(RateLimitResponse_Code.OK);
-    expect(step.response.statuses).toHaveLength(step.descriptors.length);
-    expectShown({ status: 200, headers: headerMap(step.response) }, parseHttp(blocks['ok']!));
-  });
-
-  it('4: a second concurrent request is admitted, the third gets the 429 shown', async () => {
-    const second = await walk.request(withId('0b7e1a52-6c1f-4f0e-8d33-8a1f3c2b9e01'));
-    expect(second.response.overallCode).toBe(RateLimitResponse_Code.OK);
-    const third = await walk.request(withId('c4d2f9a8-3e5b-4a71-b0c6-7d9e1f2a3b44'));
-    expect(third.response.overallCode).toBe(RateLimitResponse_Code.OVER_LIMIT);
-    expectShown(asReply(third.reply), parseHttp(blocks['429']!));
-  });
-
-  it('402 for a disabled key and 400 for max_tokens over the cap, with the bodies shown', async () => {
-    const disabled = await walk.request({
-      'x-api-key': 'revoked-2024',
-      'x-model': 'gpt-4o-mini',
-      'x-max-tokens': '100',
-      'x-request-id': '9a1b2c3d-0000-4000-8000-000000000402',
+    beforeAll(async () => {
+      const cm = yamlDocs(at('deploy', 'kubernetes', 'configmap.yaml'))[0];
+      redis = useRedis ? await startRedis() : undefined;
+      srv = await startTestServer({
+        files: get(cm, 'data') as Record<string, string>,
+        ...(redis ? { settings: { redisUrl: redis.url } } : {}),
+      });
+      walk = new EnvoyWalk(srv.grpcAddress);
     });
-    expectShown(asReply(disabled.reply), parseHttp(blocks['402']!));
-    const overCap = await walk.request({
-      authorization: 'Bearer trial-42',
-      'x-model': 'gpt-4o-mini',
-      'x-max-tokens': '4096',
-      'x-request-id': '9a1b2c3d-0000-4000-8000-000000000400',
+
+    afterAll(async () => {
+      walk?.close();
+      await srv?.stop();
+      await redis?.stop();
     });
-    expectShown(asReply(overCap.reply), parseHttp(blocks['400']!));
-  });
 
-  it('5: stream done sends the usage descriptors shown; the debit frees the slot for the third request', async () => {
-    const done = await walk.streamDone(headersA, JSON.parse(blocks['usage']!) as Headers);
-    expect(done.descriptors).toEqual(shownDescriptors(blocks['descriptors-done']!));
-    expect(done.response.overallCode).toBe(RateLimitResponse_Code.OK);
-    const retry = await walk.request(withId('c4d2f9a8-3e5b-4a71-b0c6-7d9e1f2a3b44'));
-    expect(retry.response.overallCode).toBe(RateLimitResponse_Code.OK);
-    // The debit settled the first request at 1187 in / 348 out instead of its 1200 / 512 reservation:
-    // three reservations of 1200 in, minus the 13 not used.
-    expect(headerMap(retry.response)['x-ratelimit-remaining-tokens-in']).toBe(String(30000 - 3 * 1200 + 13));
-  });
-
-  it('a response without usage headers debits 0: the slot is freed all the same', async () => {
-    const h = (id: string): Headers => ({
-      'x-api-key': 'sk-no-usage',
-      'x-model': 'gpt-4o',
-      'x-request-id': id,
+    it('README blocks are all there', () => {
+      expect(Object.keys(blocks).sort()).toEqual(
+        ['400', '402', '429', 'descriptors', 'descriptors-done', 'headers', 'ok', 'usage'].sort(),
+      );
     });
-    for (const id of ['r1', 'r2'])
-      expect((await walk.request(h(id))).response.overallCode).toBe(RateLimitResponse_Code.OK);
-    expect((await walk.request(h('r3'))).response.overallCode).toBe(RateLimitResponse_Code.OVER_LIMIT);
-    const done = await walk.streamDone(h('r1'), { 'content-type': 'application/json' });
-    expect(done.descriptors.map((d) => d.hitsAddend)).toEqual([0, 0]);
-    expect(done.response.overallCode).toBe(RateLimitResponse_Code.OK);
-    expect((await walk.request(h('r3'))).response.overallCode).toBe(RateLimitResponse_Code.OK);
-  });
 
-  it('the stream-done debit counts once per request id, however often it arrives', async () => {
-    const h: Headers = {
-      'x-api-key': 'sk-once',
-      'x-model': 'gpt-4o',
-      'x-max-tokens': '100',
-      'x-request-id': 'once-1',
-    };
-    await walk.request(h);
-    const usage = { 'x-usage-tokens-in': '0', 'x-usage-tokens-out': '1000' };
-    await walk.streamDone(h, usage);
-    await walk.streamDone(h, usage);
-    const next = await walk.request({ ...h, 'x-request-id': 'once-2' });
-    expect(headerMap(next.response)['x-ratelimit-remaining-tokens-out']).toBe(String(10000 - 1000 - 100));
-  });
-});
+    it('1–3: the headers build the descriptors shown, and the request is admitted with the headers shown', async () => {
+      const step = await walk.request(headersA);
+      expect(step.descriptors).toEqual(shownDescriptors(blocks['descriptors']!));
+      expect(step.response.overallCode).toBe(RateLimitResponse_Code.OK);
+      expect(step.response.statuses).toHaveLength(step.descriptors.length);
+      expectShown({ status: 200, headers: headerMap(step.response) }, parseHttp(blocks['ok']!));
+    });
+
+    it('4: a second concurrent request is admitted, the third gets the 429 shown', async () => {
+      const second = await walk.request(withId('0b7e1a52-6c1f-4f0e-8d33-8a1f3c2b9e01'));
+      expect(second.response.overallCode).toBe(RateLimitResponse_Code.OK);
+      const third = await walk.request(withId('c4d2f9a8-3e5b-4a71-b0c6-7d9e1f2a3b44'));
+      expect(third.response.overallCode).toBe(RateLimitResponse_Code.OVER_LIMIT);
+      expectShown(asReply(third.reply), parseHttp(blocks['429']!));
+    });
+
+    it('402 for a disabled key and 400 for max_tokens over the cap, with the bodies shown', async () => {
+      const disabled = await walk.request({
+        'x-api-key': 'revoked-2024',
+        'x-model': 'gpt-4o-mini',
+        'x-max-tokens': '100',
+        'x-request-id': '9a1b2c3d-0000-4000-8000-000000000402',
+      });
+      expectShown(asReply(disabled.reply), parseHttp(blocks['402']!));
+      const overCap = await walk.request({
+        authorization: 'Bearer trial-42',
+        'x-model': 'gpt-4o-mini',
+        'x-max-tokens': '4096',
+        'x-request-id': '9a1b2c3d-0000-4000-8000-000000000400',
+      });
+      expectShown(asReply(overCap.reply), parseHttp(blocks['400']!));
+    });
+
+    it('5: stream done sends the usage descriptors shown; the debit frees the slot for the third request', async () => {
+      const done = await walk.streamDone(headersA, JSON.parse(blocks['usage']!) as Headers);
+      expect(done.descriptors).toEqual(shownDescriptors(blocks['descriptors-done']!));
+      expect(done.response.overallCode).toBe(RateLimitResponse_Code.OK);
+      const retry = await walk.request(withId('c4d2f9a8-3e5b-4a71-b0c6-7d9e1f2a3b44'));
+      expect(retry.response.overallCode).toBe(RateLimitResponse_Code.OK);
+      // The debit settled the first request at 1187 in / 348 out instead of its 1200 / 512 reservation:
+      // three reservations of 1200 in, minus the 13 not used.
+      expect(headerMap(retry.response)['x-ratelimit-remaining-tokens-in']).toBe(
+        String(30000 - 3 * 1200 + 13),
+      );
+    });
+
+    it('a response without usage headers debits 0: the slot is freed all the same', async () => {
+      const h = (id: string): Headers => ({
+        'x-api-key': 'sk-no-usage',
+        'x-model': 'gpt-4o',
+        'x-request-id': id,
+      });
+      for (const id of ['r1', 'r2'])
+        expect((await walk.request(h(id))).response.overallCode).toBe(RateLimitResponse_Code.OK);
+      expect((await walk.request(h('r3'))).response.overallCode).toBe(RateLimitResponse_Code.OVER_LIMIT);
+      const done = await walk.streamDone(h('r1'), { 'content-type': 'application/json' });
+      expect(done.descriptors.map((d) => d.hitsAddend)).toEqual([0, 0]);
+      expect(done.response.overallCode).toBe(RateLimitResponse_Code.OK);
+      expect((await walk.request(h('r3'))).response.overallCode).toBe(RateLimitResponse_Code.OK);
+    });
+
+    it('the stream-done debit counts once per request id, however often it arrives', async () => {
+      const h: Headers = {
+        'x-api-key': 'sk-once',
+        'x-model': 'gpt-4o',
+        'x-max-tokens': '100',
+        'x-request-id': 'once-1',
+      };
+      await walk.request(h);
+      const usage = { 'x-usage-tokens-in': '0', 'x-usage-tokens-out': '1000' };
+      await walk.streamDone(h, usage);
+      await walk.streamDone(h, usage);
+      const next = await walk.request({ ...h, 'x-request-id': 'once-2' });
+      expect(headerMap(next.response)['x-ratelimit-remaining-tokens-out']).toBe(String(10000 - 1000 - 100));
+    });
+
+    it('an unregistered key admitted with tier/account hints is debited under the same account', async () => {
+      const h: Headers = {
+        'x-api-key': 'sk-hinted',
+        'x-tier': 'pro',
+        'x-account': 'acct-7',
+        'x-model': 'o1',
+        'x-max-tokens': '1000',
+        'x-request-id': 'hint-1',
+      };
+      const first = await walk.request(h);
+      expect(first.response.overallCode).toBe(RateLimitResponse_Code.OK);
+      const done = await walk.streamDone(h, { 'x-usage-tokens-in': '10', 'x-usage-tokens-out': '900' });
+      for (const d of done.descriptors) {
+        expect(d.entries).toEqual(
+          expect.arrayContaining([
+            { key: 'tier', value: 'pro' },
+            { key: 'account', value: 'acct-7' },
+          ]),
+        );
+      }
+      // The debit landed: acct-7's o1 output window (pro: 2,000,000/day) holds the 900 used, not the 1000
+      // reserved.
+      const second = await walk.request({ ...h, 'x-request-id': 'hint-2', 'x-max-tokens': '1' });
+      expect(headerMap(second.response)['x-ratelimit-remaining-tokens-out']).toBe(
+        String(2_000_000 - 900 - 1),
+      );
+    });
+
+    if (useRedis)
+      it('the limits the walk used live in Redis, as with several instances', async () => {
+        const client = new Redis(redis!.url, { lazyConnect: true });
+        try {
+          await client.connect();
+          expect(await client.dbsize()).toBeGreaterThan(0);
+        } finally {
+          client.disconnect();
+        }
+      });
+
+    it('the probes’ health service is SERVING on the gRPC port', async () => {
+      const dep = yamlDocs(at('deploy', 'kubernetes', 'deployment.yaml'))[0];
+      const container = list(dep, 'spec', 'template', 'spec', 'containers')[0];
+      const Client = grpc.makeGenericClientConstructor(healthService, 'Health');
+      const client = new Client(
+        srv.grpcAddress,
+        grpc.credentials.createInsecure(),
+      ) as unknown as grpc.Client & {
+        check(
+          req: { service: string },
+          cb: (err: grpc.ServiceError | null, res: { status: string }) => void,
+        ): void;
+      };
+      try {
+        for (const probe of ['readinessProbe', 'livenessProbe']) {
+          const service = String(get(container, probe, 'grpc', 'service'));
+          const res = await new Promise<{ status: string }>((resolve, reject) =>
+            client.check({ service }, (e, r) => (e ? reject(e) : resolve(r))),
+          );
+          expect(res.status).toBe('SERVING');
+        }
+      } finally {
+        client.close();
+      }
+    });
+  },
+);
 
 describe('what Envoy sends for other requests', () => {
   it('Istio builds the same descriptors as Envoy, at request time and at stream done', () => {
@@ -214,57 +297,5 @@ describe('what Envoy sends for other requests', () => {
       false,
     );
     expect(ds.flatMap((d) => d.entries.filter((e) => e.key === 'key').map((e) => e.value))).toEqual(['real']);
-  });
-
-  it('an unregistered key admitted with tier/account hints is debited under the same account', async () => {
-    const h: Headers = {
-      'x-api-key': 'sk-hinted',
-      'x-tier': 'pro',
-      'x-account': 'acct-7',
-      'x-model': 'o1',
-      'x-max-tokens': '1000',
-      'x-request-id': 'hint-1',
-    };
-    const first = await walk.request(h);
-    expect(first.response.overallCode).toBe(RateLimitResponse_Code.OK);
-    const done = await walk.streamDone(h, { 'x-usage-tokens-in': '10', 'x-usage-tokens-out': '900' });
-    for (const d of done.descriptors) {
-      expect(d.entries).toEqual(
-        expect.arrayContaining([
-          { key: 'tier', value: 'pro' },
-          { key: 'account', value: 'acct-7' },
-        ]),
-      );
-    }
-    // The debit landed: acct-7's o1 output window (pro: 2,000,000/day) holds the 900 used, not the 1000
-    // reserved.
-    const second = await walk.request({ ...h, 'x-request-id': 'hint-2', 'x-max-tokens': '1' });
-    expect(headerMap(second.response)['x-ratelimit-remaining-tokens-out']).toBe(String(2_000_000 - 900 - 1));
-  });
-
-  it('the probes’ health service is SERVING on the gRPC port', async () => {
-    const dep = yamlDocs(at('deploy', 'kubernetes', 'deployment.yaml'))[0];
-    const container = list(dep, 'spec', 'template', 'spec', 'containers')[0];
-    const Client = grpc.makeGenericClientConstructor(healthService, 'Health');
-    const client = new Client(
-      srv.grpcAddress,
-      grpc.credentials.createInsecure(),
-    ) as unknown as grpc.Client & {
-      check(
-        req: { service: string },
-        cb: (err: grpc.ServiceError | null, res: { status: string }) => void,
-      ): void;
-    };
-    try {
-      for (const probe of ['readinessProbe', 'livenessProbe']) {
-        const service = String(get(container, probe, 'grpc', 'service'));
-        const res = await new Promise<{ status: string }>((resolve, reject) =>
-          client.check({ service }, (e, r) => (e ? reject(e) : resolve(r))),
-        );
-        expect(res.status).toBe('SERVING');
-      }
-    } finally {
-      client.close();
-    }
   });
 });
