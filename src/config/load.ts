@@ -24,6 +24,18 @@ export interface LoadOptions {
 
 const YAML_FILE = /\.ya?ml$/i;
 
+// Stable wording whichever call failed (stat, readdir, open), so a watcher reports a state once.
+const cannotRead = (file: string, e: unknown): ConfigError => {
+  const code = (e as NodeJS.ErrnoException).code;
+  const why =
+    code === 'ENOENT'
+      ? 'no such file or directory'
+      : code === 'EACCES'
+        ? 'permission denied'
+        : (e as Error).message;
+  return new ConfigError({ file, message: `cannot read: ${why}` });
+};
+
 /**
  * Reads the config files: `path` itself when it is a file, else every *.yaml / *.yml below it,
  * sorted by path. Names starting with `.` are skipped: Kubernetes ConfigMap volumes keep the real
@@ -34,7 +46,7 @@ export async function readConfigFiles(path: string): Promise<ConfigFile[]> {
   try {
     info = await stat(path);
   } catch (e) {
-    throw new ConfigError({ file: path, message: `cannot read: ${(e as Error).message}` });
+    throw cannotRead(path, e);
   }
   if (!info.isDirectory()) return [{ file: path, text: await readText(path) }];
   const found: string[] = [];
@@ -44,7 +56,9 @@ export async function readConfigFiles(path: string): Promise<ConfigFile[]> {
 }
 
 async function walk(dir: string, out: string[]): Promise<void> {
-  const entries = await readdir(dir, { withFileTypes: true });
+  const entries = await readdir(dir, { withFileTypes: true }).catch((e: unknown) => {
+    throw cannotRead(dir, e);
+  });
   for (const e of entries) {
     if (e.name.startsWith('.')) continue;
     const p = join(dir, e.name);
@@ -60,7 +74,7 @@ async function readText(file: string): Promise<string> {
   try {
     return await readFile(file, 'utf8');
   } catch (e) {
-    throw new ConfigError({ file, message: `cannot read: ${(e as Error).message}` });
+    throw cannotRead(file, e);
   }
 }
 
