@@ -7,6 +7,7 @@ import { hashWithPepper } from '../keys/hash.js';
 import type { KeyCaps, KeyRecord } from '../keys/types.js';
 import type { SignalSettings } from '../policy/signals.js';
 import { signalsSchema } from '../report/config.js';
+import { formatPath } from './errors.js';
 
 export const WINDOWS = { second: 1_000, minute: 60_000, hour: 3_600_000, day: 86_400_000 } as const;
 export type WindowName = keyof typeof WINDOWS;
@@ -230,12 +231,14 @@ export function parseInferencePolicy(
   env: NodeJS.ProcessEnv = process.env,
 ): InferencePolicy {
   const fail = (path: readonly (string | number)[], detail: string): never => {
-    throw new PolicyError(source.file, source.lineOf(path), path.join('.') || '(document)', detail);
+    throw new PolicyError(source.file, source.lineOf(path), formatPath(path) || '(document)', detail);
   };
   const parsed = policySchema.safeParse(doc);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    fail(issue.path as (string | number)[], issue.message);
+    const path = issue.path.filter((p): p is string | number => typeof p !== 'symbol');
+    if (issue.code === 'unrecognized_keys') fail([...path, issue.keys[0]!], 'unknown field');
+    fail(path, issue.message);
   }
   const p = parsed.data!;
 
