@@ -11,14 +11,15 @@ local rttl = tonumber(ARGV[5])
 local nops = tonumber(ARGV[6])
 
 local kind, lim, p1, p2, shadow, key, xkey = {}, {}, {}, {}, {}, {}, {}
-local fits, pre, S, O, N = {}, {}, {}, {}, {}
+local fits, pre, S, O, N, C = {}, {}, {}, {}, {}, {}
 local expired = 0
 local ki = 1
 local nowf = fmt(now)
 
 local function count_expired(k, w, c)
-  local s, o, n = wload(k, bidx(now, w))
-  wadd(k, bidx(now, w), c, s, o, n, w, now)
+  local i = bidx(now, w)
+  local s, o, n, cur = wload(k, i)
+  wadd(k, i, c, s, o, n, w, now, cur)
 end
 
 for i = 1, nops do
@@ -32,8 +33,8 @@ for i = 1, nops do
   key[i] = KEYS[ki]
   ki = ki + 1
   if kd == 'w' then
-    local s, o, n = wload(key[i], bidx(now, p1[i]))
-    S[i], O[i], N[i] = s, o, n
+    local s, o, n, c = wload(key[i], bidx(now, p1[i]))
+    S[i], O[i], N[i], C[i] = s, o, n, c
     pre[i] = s
     fits[i] = s + p2[i] <= lim[i]
   elseif kd == 's' then
@@ -89,7 +90,7 @@ if not dry then
     if apply then
       if kind[i] == 'w' then
         if p2[i] > 0 then
-          S[i], O[i], N[i] = wadd(key[i], bidx(now, p1[i]), p2[i], S[i], O[i], N[i], p1[i], now)
+          S[i], O[i], N[i] = wadd(key[i], bidx(now, p1[i]), p2[i], S[i], O[i], N[i], p1[i], now, C[i])
         end
         if res then
           res[#res + 1] = 'w:' .. key[i]

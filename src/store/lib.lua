@@ -29,18 +29,20 @@ local function until_leave(j, w, now)
   return ms
 end
 
--- Drops buckets that left the counted range at bucket i. Returns total, oldest, newest (nil when empty).
+-- Drops buckets that left the counted range at bucket i. Returns total, oldest, newest (nil when
+-- empty) and the count of bucket i.
 local function wload(key, i)
-  local h = redis.call('HMGET', key, 's', 'o', 'n')
+  local cur = fmt(i)
+  local h = redis.call('HMGET', key, 's', 'o', 'n', cur)
   local s = tonumber(h[1])
   if not s then
-    return 0, nil, nil
+    return 0, nil, nil, 0
   end
   local o, n = tonumber(h[2]), tonumber(h[3])
   local lo = i - B
   if n < lo then
     redis.call('DEL', key)
-    return 0, nil, nil
+    return 0, nil, nil, 0
   end
   if o < lo then
     local f = {}
@@ -60,13 +62,14 @@ local function wload(key, i)
       redis.call('HDEL', key, unpack(drop))
     end
     o = lo
-    redis.call('HSET', key, 's', s, 'o', fmt(o))
+    redis.call('HSET', key, 's', fmt(s), 'o', fmt(o))
   end
-  return s, o, n
+  return s, o, n, tonumber(h[4]) or 0
 end
 
--- Adds amount to bucket j (a negative amount never takes a bucket below 0). Returns total, oldest, newest.
-local function wadd(key, j, amount, s, o, n, w, now)
+-- Adds amount to bucket j, whose count is c when known (a bucket never goes below 0), in one write.
+-- Returns total, oldest, newest.
+local function wadd(key, j, amount, s, o, n, w, now, c)
   if amount == 0 then
     return s, o, n
   end
@@ -74,26 +77,28 @@ local function wadd(key, j, amount, s, o, n, w, now)
     if amount < 0 then
       return s, o, n
     end
-    redis.call('HSET', key, fmt(j), amount, 's', amount, 'o', fmt(j), 'n', fmt(j))
+    local jf = fmt(j)
+    redis.call('HSET', key, jf, fmt(amount), 's', fmt(amount), 'o', jf, 'n', jf)
     redis.call('PEXPIRE', key, until_leave(j, w, now) + 1)
     return amount, j, j
   end
-  if amount < 0 then
-    local c = tonumber(redis.call('HGET', key, fmt(j))) or 0
-    amount = math.max(amount, -c)
-    if amount == 0 then
-      return s, o, n
-    end
+  if c == nil then
+    c = tonumber(redis.call('HGET', key, fmt(j))) or 0
   end
-  redis.call('HINCRBY', key, fmt(j), amount)
-  s = redis.call('HINCRBY', key, 's', amount)
+  local v = math.max(0, c + amount)
+  if v == c then
+    return s, o, n
+  end
+  s = s + v - c
   if j > n then
     n = j
-    redis.call('HSET', key, 'n', fmt(n))
+    redis.call('HSET', key, fmt(j), fmt(v), 's', fmt(s), 'n', fmt(n))
     redis.call('PEXPIRE', key, until_leave(n, w, now) + 1)
   elseif j < o then
     o = j
-    redis.call('HSET', key, 'o', fmt(o))
+    redis.call('HSET', key, fmt(j), fmt(v), 's', fmt(s), 'o', fmt(o))
+  else
+    redis.call('HSET', key, fmt(j), fmt(v), 's', fmt(s))
   end
   return s, o, n
 end

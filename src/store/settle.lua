@@ -19,7 +19,7 @@ for i = 1, nw do
   local a = 5 + (i - 1) * 3
   local w, limit, amount = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local cur = bidx(now, w)
-  local s, o, n = wload(k, cur)
+  local s, o, n, c = wload(k, cur)
   if not dup then
     local r = tonumber(res['w:' .. k])
     local at = -1
@@ -27,11 +27,15 @@ for i = 1, nw do
       at = bidx(tonumber(res['t']), w)
     end
     if r and at >= cur - B then
-      s, o, n = wadd(k, at, amount - r, s, o, n, w, now)
+      local known = nil
+      if at == cur then
+        known = c
+      end
+      s, o, n = wadd(k, at, amount - r, s, o, n, w, now, known)
       -- Later settles of the same admission add their whole amount.
       redis.call('HSET', rkey, 'w:' .. k, 0)
     else
-      s, o, n = wadd(k, cur, amount, s, o, n, w, now)
+      s, o, n = wadd(k, cur, amount, s, o, n, w, now, c)
     end
   end
   wstate(out, k, s, o, n, s <= limit, s - limit, limit, 0, w, now)
