@@ -64,6 +64,14 @@ export interface Descriptor {
 /** Dynamic metadata: namespace → key → value, as filters set it on the stream. */
 export type Metadata = Record<string, Record<string, number | string>>;
 
+/**
+ * Field names of Envoy's v3 messages that the model follows: another one is either a typo Envoy
+ * would reject at load, or a feature the model would silently ignore.
+ */
+const onlyFields = (v: Json, message: string, fields: readonly string[]): void => {
+  for (const k of Object.keys(v)) if (!fields.includes(k)) throw new Error(`${message}.${k} not modelled`);
+};
+
 /** Envoy's `%DYNAMIC_METADATA(ns:key)%` with nothing around it: the only format used here. */
 const hitsFromFormat = (format: string, metadata: Metadata): number | undefined => {
   const m = /^%DYNAMIC_METADATA\(([^:()]+):([^:()]+)\)%$/.exec(format);
@@ -90,10 +98,7 @@ export const buildDescriptors = (
   const out: Descriptor[] = [];
   for (const rl of rateLimits) {
     if (!isRecord(rl)) throw new Error('rate_limits entry is not a mapping');
-    for (const k of Object.keys(rl)) {
-      if (!['actions', 'apply_on_stream_done', 'hits_addend'].includes(k))
-        throw new Error(`RateLimit.${k} not modelled`);
-    }
+    onlyFields(rl, 'RateLimit', ['actions', 'apply_on_stream_done', 'hits_addend']);
     if ((rl['apply_on_stream_done'] === true) !== onStreamDone) continue;
     const entries: Entry[] = [];
     let dropped = false;
@@ -103,6 +108,11 @@ export const buildDescriptors = (
       const rh = action['request_headers'];
       const gk = action['generic_key'];
       if (isRecord(rh)) {
+        onlyFields(rh, 'RateLimit.Action.RequestHeaders', [
+          'header_name',
+          'descriptor_key',
+          'skip_if_absent',
+        ]);
         const name = String(get(rh, 'header_name')).toLowerCase();
         const value = h[name];
         if (value !== undefined) entries.push({ key: String(get(rh, 'descriptor_key')), value });
@@ -111,6 +121,7 @@ export const buildDescriptors = (
           break;
         }
       } else if (isRecord(gk)) {
+        onlyFields(gk, 'RateLimit.Action.GenericKey', ['descriptor_value', 'descriptor_key']);
         entries.push({
           key: String(gk['descriptor_key'] ?? 'generic_key'),
           value: String(get(gk, 'descriptor_value')),
@@ -125,6 +136,7 @@ export const buildDescriptors = (
     const d: Descriptor = { entries };
     const ha = rl['hits_addend'];
     if (isRecord(ha)) {
+      onlyFields(ha, 'RateLimit.HitsAddend', ['number', 'format']);
       if (typeof ha['format'] === 'string') {
         const n = hitsFromFormat(ha['format'], metadata);
         if (n === undefined) continue;

@@ -95,6 +95,7 @@ describe('the Dockerfile runs the README command with production dependencies on
   const { globalArgs, stages } = stagesOf(parseDockerfile(dockerfile));
   const [build, runtime] = stages as [(typeof stages)[0], (typeof stages)[0]];
   const pkg = JSON.parse(readFileSync(at('package.json'), 'utf8')) as {
+    version: string;
     scripts: Record<string, string>;
     engines: { node: string };
     bin: Record<string, string>;
@@ -146,6 +147,21 @@ describe('the Dockerfile runs the README command with production dependencies on
     expect(nodeArg?.text).toBe(`NODE_VERSION=${major}`);
     // biome-ignore lint/suspicious/noTemplateCurlyInString: the Dockerfile's own ARG reference, not JS.
     for (const s of stages) expect(s.from).toBe('node:${NODE_VERSION}-bookworm-slim');
+  });
+
+  it('the docker commands of deploy/README.md build this Dockerfile from the root, tagged as everywhere else', () => {
+    const readme = readFileSync(at('deploy', 'README.md'), 'utf8');
+    const build = /^docker build -f (\S+) -t (\S+) (\S+)$/m.exec(readme);
+    expect(build?.slice(1)).toEqual(['deploy/Dockerfile', `ratekeeper:${pkg.version}`, '.']);
+    expect(dockerfile).toContain(`#   ${build![0]}`);
+    const run = /^docker run .* (\S+)$/m.exec(readme);
+    expect(run?.[1]).toBe(build![2]);
+    for (const p of [DEFAULTS.port, DEFAULTS.httpPort, DEFAULTS.metricsPort])
+      expect(run![0]).toContain(`-p ${p}:${p}`);
+    const compose = yamlDocs(at('deploy', 'compose', 'docker-compose.yaml'))[0];
+    expect(get(compose, 'services', 'ratekeeper', 'image')).toBe(build![2]);
+    const deployment = k8sDoc('deployment.yaml', 'Deployment');
+    expect(get(deployment, 'spec', 'template', 'spec', 'containers', 0, 'image')).toBe(build![2]);
   });
 
   it('the build context ignore file lets in exactly what the COPY lines need', () => {
@@ -287,6 +303,17 @@ describe('Envoy and Istio build the same requests to the same service', () => {
       ),
     ).toBe(name);
     for (const p of istio.patches) expect(get(p, 'match', 'context')).toBe('GATEWAY');
+  });
+
+  it('the ServiceEntry alternative: the gRPC port as GRPC, and a DestinationRule for the same host', () => {
+    const [entry, rule] = yamlDocs(at('deploy', 'istio', 'ratekeeper-serviceentry.yaml'));
+    const host = String(get(entry, 'spec', 'hosts', 0));
+    expect(get(entry, 'spec', 'ports', 0)).toMatchObject({ number: DEFAULTS.port, protocol: 'GRPC' });
+    expect(get(rule, 'spec', 'host')).toBe(host);
+    // The cluster name its comment tells you to use.
+    expect(readFileSync(at('deploy', 'istio', 'ratekeeper-serviceentry.yaml'), 'utf8')).toContain(
+      `outbound|${DEFAULTS.port}||${host}`,
+    );
   });
 
   it('every deny code gets the HTTP status the server documents (httpStatus), with the body as JSON', () => {
