@@ -3,7 +3,7 @@
  * machine's Redis on 6379.
  */
 import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -68,6 +68,29 @@ export async function startRedis(options: { port?: number; args?: string[] } = {
     '',
     ...(options.args ?? []),
   ];
+  return launch(args, port, dir, 'Ready to accept connections');
+}
+
+/** Starts a Sentinel watching the master on masterPort as `name` (quorum 1). */
+export async function startRedisSentinel(masterPort: number, name = 'mymaster'): Promise<RedisProcess> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'rk-sentinel-'));
+  const conf = join(dir, 'sentinel.conf');
+  writeFileSync(
+    conf,
+    [
+      `port ${port}`,
+      'bind 127.0.0.1',
+      `dir ${dir}`,
+      `sentinel monitor ${name} 127.0.0.1 ${masterPort} 1`,
+      `sentinel down-after-milliseconds ${name} 1000`,
+      '',
+    ].join('\n'),
+  );
+  return launch([conf, '--sentinel'], port, dir, '+monitor master');
+}
+
+async function launch(args: string[], port: number, dir: string, readyText: string): Promise<RedisProcess> {
   const proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   // A crashed or timed-out test run must not leave servers behind.
   const onExit = (): void => {
@@ -76,7 +99,7 @@ export async function startRedis(options: { port?: number; args?: string[] } = {
   };
   process.once('exit', onExit);
   proc.once('exit', () => process.off('exit', onExit));
-  await waitReady(proc, port);
+  await waitReady(proc, port, readyText);
   let stopped = false;
   return {
     port,
@@ -97,7 +120,7 @@ export async function startRedis(options: { port?: number; args?: string[] } = {
   };
 }
 
-function waitReady(proc: ChildProcess, port: number): Promise<void> {
+function waitReady(proc: ChildProcess, port: number, readyText: string): Promise<void> {
   return new Promise((resolve, reject) => {
     let out = '';
     const timer = setTimeout(
@@ -111,7 +134,7 @@ function waitReady(proc: ChildProcess, port: number): Promise<void> {
     };
     const onData = (chunk: Buffer): void => {
       out += chunk.toString();
-      if (out.includes('Ready to accept connections')) {
+      if (out.includes(readyText)) {
         clearTimeout(timer);
         proc.stdout?.off('data', onData);
         proc.stdout?.resume();

@@ -5,7 +5,7 @@ import { RkError } from '../../src/errors.js';
 import { createStore, withFailureMode } from '../../src/store/factory.js';
 import type { Decision, Op } from '../../src/store/store.js';
 import { StoreUnavailableError } from '../../src/store/store.js';
-import { startRedis } from '../harness/redis.js';
+import { startRedis, startRedisSentinel } from '../harness/redis.js';
 import { redisStore, uniquePrefix } from './helpers.js';
 
 const url = inject('redisUrl');
@@ -348,5 +348,29 @@ describe('redis cluster store', () => {
     expect(sent.map((c) => c[0])).toEqual(['evalsha', 'evalsha', 'evalsha']);
     for (const m of mons) m.close();
     await s.close();
+  });
+});
+
+describe('redis sentinel store', () => {
+  it('finds the master through Sentinel and decides there', async () => {
+    const master = await startRedis();
+    onTestFinished(() => master.stop());
+    const sentinel = await startRedisSentinel(master.port, 'rkmaster');
+    onTestFinished(() => sentinel.stop());
+    const handle = createStore({
+      kind: 'sentinel',
+      sentinels: [`127.0.0.1:${sentinel.port}`],
+      name: 'rkmaster',
+      prefix: 'rk:sentinel:',
+    });
+    onTestFinished(() => handle.close());
+    expect(await handle.ready()).toBe(true);
+    const d: Decision = { ops: [win('{s}:w', 2)], atomic: true };
+    const admitted = [];
+    for (let i = 0; i < 3; i++) admitted.push((await handle.limiter.decide(d)).admitted);
+    expect(admitted).toEqual([true, true, false]);
+    const direct = new Redis(master.url);
+    onTestFinished(() => direct.disconnect());
+    expect(await direct.hget('rk:sentinel:{s}:w', 's')).toBe('2');
   });
 });
