@@ -151,10 +151,8 @@ export function parseInferenceRequest(
         values[name] = e.value;
         at[name] = field;
       } else if (prev !== e.value) {
-        throw invalid(
-          field,
-          `entry "${name}" is "${e.value.slice(0, 64)}" here but was different in ${at[name]}`,
-        );
+        // Values are not echoed: a `key` entry may be a raw API key, and errors get logged.
+        throw invalid(field, `entry "${name}" differs from the one in ${at[name]}`);
       }
     });
     scopes.push(hasModel ? 'model' : 'key');

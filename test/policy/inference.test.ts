@@ -271,6 +271,16 @@ describe.each(STORES)('inference domain on %s', (kind) => {
     expect(headers(b)['x-ratelimit-remaining-requests']).toBe('7');
   });
 
+  it('a model not listed has no account × model limits unless a "*" entry covers it, with its own buckets', async () => {
+    const free = await decide({ key: 'k1', model: 'unlisted', request_id: rid() });
+    expect(free.overallCode).toBe(OK);
+    expect(headers(free)['x-ratelimit-limit-requests']).toBe('10');
+    env.setPolicy(POLICY.replace('\nkeys:', '\n  "*": { limits: { "*": { requests: 2/minute } } }\nkeys:'));
+    for (let i = 0; i < 2; i++) await decideDone('acme', { key: 'k1', model: 'x-1' });
+    expect((await decide({ key: 'k1', model: 'x-1', request_id: rid() })).overallCode).toBe(OVER);
+    expect((await decide({ key: 'k1', model: 'x-2', request_id: rid() })).overallCode).toBe(OK);
+  });
+
   it('unregistered keys: descriptor tier/account, else default tier and own account', async () => {
     const raw = 'sk-live-unregistered-0001';
     const a = await decide({ key: raw, model: 'm-a', request_id: rid() });
@@ -335,6 +345,8 @@ describe.each(STORES)('inference domain on %s', (kind) => {
     expect((await err(decide({ key: 'k1', tokens_out: '2000000000' }))).message).toContain('at most');
     expect((await err(decide({ key: 'k1', tier: 'gold' }))).field).toBe('descriptors[0].entries[1].value');
     expect((await err(decide({ key: 'k1' }, { key: 'k2' }))).field).toBe('descriptors[1].entries[0].value');
+    const twoRaw = await err(decide({ key: 'sk-raw-one' }, { key: 'sk-raw-two' }));
+    expect(twoRaw.message).not.toMatch(/sk-raw/);
     // Nothing was counted by any refused request.
     expect(await used(K.keyRequests('acme', 'k:k1', 60_000))).toBe(0);
   });
