@@ -9,6 +9,7 @@ import { service as healthService } from 'grpc-health-check';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RateLimitResponse_Code } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import { settingsFrom } from '../../src/settings.js';
 import { type RedisProcess, startRedis } from '../harness/redis.js';
 import { startTestServer, type TestServer } from '../harness/server.js';
 import {
@@ -242,6 +243,21 @@ describe.each([
           client.disconnect();
         }
       });
+
+    it("compose's healthcheck URL and the Prometheus scrape annotations are served", async () => {
+      const compose = yamlDocs(at('deploy', 'compose', 'docker-compose.yaml'))[0];
+      const script = list(compose, 'services', 'ratekeeper', 'healthcheck', 'test').map(String).at(-1)!;
+      const url = new URL(/fetch\('([^']+)'\)/.exec(script)![1]!);
+      expect(Number(url.port)).toBe(settingsFrom({ config: 'x' }).httpPort);
+      expect((await fetch(`${srv.httpUrl}${url.pathname}`)).status).toBe(200);
+
+      const dep = yamlDocs(at('deploy', 'kubernetes', 'deployment.yaml'))[0];
+      const ann = get(dep, 'spec', 'template', 'metadata', 'annotations') as Record<string, string>;
+      expect(Number(ann['prometheus.io/port'])).toBe(settingsFrom({ config: 'x' }).metricsPort);
+      const metrics = await fetch(`http://127.0.0.1:${srv.ports.metrics}${ann['prometheus.io/path']}`);
+      expect(metrics.status).toBe(200);
+      expect(await metrics.text()).toMatch(/^# (HELP|TYPE) /m);
+    });
 
     it('the probes’ health service is SERVING on the gRPC port', async () => {
       const dep = yamlDocs(at('deploy', 'kubernetes', 'deployment.yaml'))[0];
