@@ -2,7 +2,7 @@
  * Starts the Redis servers tests share (one standalone, one 3-master cluster) on free ports, and stops
  * them after the run. Tests read the addresses with `inject('redisUrl')` and
  * `inject('redisClusterNodes')`. REDIS_URL (and REDIS_CLUSTER_NODES, host:port,…) point at existing
- * servers instead; keys are namespaced per test so a shared server is safe.
+ * servers instead (except port 6379, the machine's shared Redis); keys are namespaced per test.
  */
 import type { TestProject } from 'vitest/node';
 import {
@@ -23,8 +23,12 @@ declare module 'vitest' {
 }
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
-  const givenUrl = process.env['REDIS_URL'];
-  const givenCluster = process.env['REDIS_CLUSTER_NODES']?.split(',').map((s) => s.trim());
+  // The machine's shared Redis (6379) is never used, even when the environment points at it.
+  const shared = (addr: string): boolean => /:6379(\/|$)/.test(addr) || !/:\d+/.test(addr);
+  const url = process.env['REDIS_URL'];
+  const nodes = process.env['REDIS_CLUSTER_NODES']?.split(',').map((s) => s.trim());
+  const givenUrl = url && !shared(url) ? url : undefined;
+  const givenCluster = nodes && !nodes.some(shared) ? nodes : undefined;
   const needServer = !givenUrl || !givenCluster;
   if (needServer && !hasRedisServer()) {
     throw new Error(
