@@ -47,6 +47,7 @@ export interface LoadResult {
 }
 
 export type LoadMessage =
+  | { type: 'started' }
   | { type: 'measuring' }
   | { type: 'measured' }
   | { type: 'result'; result: LoadResult };
@@ -146,6 +147,7 @@ export const runLoad = async (spec: LoadSpec): Promise<LoadResult> => {
   let inflight = 0;
   let stopped = false;
   const t0 = performance.now();
+  send({ type: 'started' });
   // The window opens when the warm-up timer fires (not when it was due), so counts and CPU agree.
   let ws = Number.POSITIVE_INFINITY;
   let we = Number.POSITIVE_INFINITY;

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { connect } from 'node:net';
 import { Redis } from 'ioredis';
 import { type Child, freePort, startChild, waitFor } from './proc.js';
 
@@ -84,37 +85,73 @@ export interface MonitorSample {
   hottest?: string[];
 }
 
-export const sampleMonitor = async (port: number, ms: number): Promise<MonitorSample> => {
-  const conn = new Redis(port, '127.0.0.1');
-  conn.on('error', () => undefined);
-  const monitor = await conn.monitor();
-  monitor.on('error', () => undefined);
-  const client: Record<string, number> = {};
-  const lua: Record<string, number> = {};
-  const lines = new Map<string, { n: number; args: string[] }>();
-  monitor.on('monitor', (_time: string, args: string[], source: string) => {
-    const name = (args[0] ?? '').toLowerCase();
-    if (source === 'lua') lua[name] = (lua[name] ?? 0) + 1;
-    else if (!OWN.has(name)) {
-      client[name] = (client[name] ?? 0) + 1;
-      const key = args.join('\u0000');
-      const e = lines.get(key) ?? { n: 0, args };
-      e.n++;
-      lines.set(key, e);
+/** One MONITOR line: `+1700000000.123456 [0 127.0.0.1:5000] "evalsha" "ab…"` (source `lua` inside scripts). */
+const parseMonitorLine = (line: string): { source: string; args: string[] } | undefined => {
+  const m = /^\+\d+\.\d+ \[\d+ ([^\]]+)\] (.*)$/.exec(line);
+  if (!m) return undefined;
+  const args: string[] = [];
+  const body = m[2] as string;
+  for (let i = 0; i < body.length; i++) {
+    if (body[i] !== '"') continue;
+    let arg = '';
+    for (i++; i < body.length && body[i] !== '"'; i++) {
+      if (body[i] !== '\\') {
+        arg += body[i];
+        continue;
+      }
+      const c = body[++i];
+      if (c === 'x') {
+        arg += String.fromCharCode(Number.parseInt(body.slice(i + 1, i + 3), 16));
+        i += 2;
+      } else
+        arg += ({ n: '\n', r: '\r', t: '\t', a: '\x07', b: '\b' } as Record<string, string>)[c ?? ''] ?? c;
     }
-  });
-  await new Promise((r) => setTimeout(r, ms));
-  monitor.disconnect();
-  conn.disconnect();
-  let hottest: string[] | undefined;
-  let best = 0;
-  for (const e of lines.values())
-    if (e.n > best) {
-      best = e.n;
-      hottest = e.args;
-    }
-  return { client, lua, ...(hottest ? { hottest } : {}) };
+    args.push(arg);
+  }
+  return { source: m[1] as string, args };
 };
+
+/** MONITOR over a raw socket (ioredis 6's monitor mode loses track of its queue under load). */
+export const sampleMonitor = (port: number, ms: number): Promise<MonitorSample> =>
+  new Promise((resolve, reject) => {
+    const client: Record<string, number> = {};
+    const lua: Record<string, number> = {};
+    const lines = new Map<string, { n: number; args: string[] }>();
+    let rest = '';
+    const sock = connect(port, '127.0.0.1', () => {
+      sock.write('MONITOR\r\n');
+      setTimeout(() => sock.destroy(), ms);
+    });
+    sock.setEncoding('latin1');
+    sock.on('data', (chunk: string) => {
+      const parts = (rest + chunk).split('\r\n');
+      rest = parts.pop() ?? '';
+      for (const line of parts) {
+        const e = parseMonitorLine(line);
+        if (!e) continue;
+        const name = (e.args[0] ?? '').toLowerCase();
+        if (e.source === 'lua') lua[name] = (lua[name] ?? 0) + 1;
+        else if (!OWN.has(name)) {
+          client[name] = (client[name] ?? 0) + 1;
+          const key = e.args.join('\u0000');
+          const hit = lines.get(key) ?? { n: 0, args: e.args };
+          hit.n++;
+          lines.set(key, hit);
+        }
+      }
+    });
+    sock.on('error', reject);
+    sock.on('close', () => {
+      let hottest: string[] | undefined;
+      let best = 0;
+      for (const e of lines.values())
+        if (e.n > best) {
+          best = e.n;
+          hottest = e.args;
+        }
+      resolve({ client, lua, ...(hottest ? { hottest } : {}) });
+    });
+  });
 
 /**
  * Round trips (commands a client sent) in a commandstats delta: a command the sample saw only inside

@@ -267,7 +267,7 @@ const verdict = (
   return `neither (max ${name} ${Math.round(share * 100)}%): latency-bound`;
 };
 
-const runLoadgen = (spec: LoadSpec, onWindow: (phase: 'measuring' | 'measured') => void) =>
+const runLoadgen = (spec: LoadSpec, onWindow: (phase: 'started' | 'measuring' | 'measured') => void) =>
   new Promise<LoadResult>((resolvePromise, reject) => {
     const child = fork(sibling(import.meta.url, './loadgen'), [JSON.stringify(spec)], {
       execArgv: process.execArgv,
@@ -403,18 +403,26 @@ const nodePass = async (
   let w0: Window | undefined;
   let w1: Window | undefined;
   let monitorDone: Promise<void> = Promise.resolve();
-  if (monitor && redis) {
+  let seen = sample;
+  const startMonitor = () => {
+    if (!monitor || !redis) return;
     // A MONITOR sample in the middle of the warm-up tells script-internal commands from round trips.
     const at = o.warmupS * 250;
     const len = Math.min(500, o.warmupS * 400);
     monitorDone = new Promise((r) =>
       setTimeout(() => {
         sampleMonitor(redis.port, len)
-          .then(monitor, () => undefined)
+          .then(
+            (m) => {
+              seen = m;
+              monitor(m);
+            },
+            (err: Error) => ctx.notes.push(`(${id}): MONITOR sample failed: ${err.message}`),
+          )
           .finally(r);
       }, at),
     );
-  }
+  };
   const spec: LoadSpec = {
     target: via === 'grpc' ? 'grpc' : 'connect',
     address: via === 'grpc' ? target.grpc : (target.http ?? ''),
@@ -426,7 +434,8 @@ const nodePass = async (
     ...(rate ? { rate } : {}),
   };
   const r = await runLoadgen(spec, (phase) => {
-    if (phase === 'measuring') w0 = snapshot(target, redis);
+    if (phase === 'started') startMonitor();
+    else if (phase === 'measuring') w0 = snapshot(target, redis);
     else w1 = snapshot(target, redis);
   });
   await monitorDone;
@@ -442,7 +451,7 @@ const nodePass = async (
     m,
     target,
     redis,
-    ...(sample ? { sample } : {}),
+    ...(seen ? { sample: seen } : {}),
   });
 };
 
@@ -562,7 +571,13 @@ const h2Pass = async (
 };
 
 /** The script ceiling: the decision's own EVALSHA, replayed pipelined with no server in between. */
-const scriptCeiling = async (ctx: Ctx, id: string, redis: BenchRedis, command: string[]): Promise<void> => {
+const scriptCeiling = async (
+  ctx: Ctx,
+  id: string,
+  redis: BenchRedis,
+  sample: MonitorSample,
+  command: string[],
+) => {
   const { o } = ctx;
   const title = `Redis script of (${id}) alone: ${command[0]} ${command.slice(1, 2).join(' ').slice(0, 12)}…`;
   let w0: Window | undefined;
@@ -579,7 +594,7 @@ const scriptCeiling = async (ctx: Ctx, id: string, redis: BenchRedis, command: s
     },
     (phase) => {
       if (phase === 'measuring') w0 = snapshot(undefined, redis);
-      else w1 = snapshot(undefined, redis);
+      else if (phase === 'measured') w1 = snapshot(undefined, redis);
     },
   );
   if (w0 && w1) {
@@ -595,6 +610,7 @@ const scriptCeiling = async (ctx: Ctx, id: string, redis: BenchRedis, command: s
         target: undefined,
         redis,
         serverIsRedis: true,
+        sample,
       }),
     );
   }
@@ -675,7 +691,7 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
   if (usesRedis && !used)
     ctx.notes.push(`(${id}): the server sent nothing to Redis: it is not on the Redis store`);
   if (s.scriptCeiling && usesRedis && sample?.hottest)
-    await scriptCeiling(ctx, id, usesRedis, sample.hottest);
+    await scriptCeiling(ctx, id, usesRedis, sample, sample.hottest);
   else if (s.scriptCeiling) ctx.notes.push(`(${id}): no script call seen by MONITOR; no script ceiling`);
 };
 
