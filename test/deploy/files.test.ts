@@ -253,6 +253,12 @@ describe('Envoy and Istio build the same requests to the same service', () => {
     expect(rl['domain']).toBe(config.inference?.domain);
   });
 
+  it('Envoy is the edge and makes every request id itself, so clients cannot pick or reuse one', () => {
+    expect(get(envoy.hcm, 'use_remote_address')).toBe(true);
+    expect(get(envoy.hcm, 'generate_request_id')).toBe(true);
+    expect(get(envoy.hcm, 'preserve_external_request_id')).toBe(false);
+  });
+
   it('the Ratekeeper cluster: HTTP/2, the gRPC port, the health service the server reports', () => {
     const c = envoy.cluster('ratekeeper');
     expect(
