@@ -164,6 +164,17 @@ describe('the Dockerfile runs the README command with production dependencies on
     expect(get(deployment, 'spec', 'template', 'spec', 'containers', 0, 'image')).toBe(build![2]);
   });
 
+  it('any docker command the top README shows is one of deploy/README.md’s', () => {
+    const commands = (file: string) =>
+      readFileSync(file, 'utf8')
+        .split('\n')
+        .filter((l) => /^\s*docker (build|run|compose) /.test(l))
+        .map((l) => l.trim());
+    const ours = commands(at('deploy', 'README.md'));
+    expect(ours.length).toBeGreaterThan(0);
+    for (const c of commands(at('README.md'))) expect(ours).toContain(c);
+  });
+
   it('the build context ignore file lets in exactly what the COPY lines need', () => {
     const ignore = readFileSync(at('deploy', 'Dockerfile.dockerignore'), 'utf8')
       .split('\n')
