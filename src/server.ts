@@ -127,6 +127,7 @@ export const startServer = async (settings: Settings, parts: ServerParts = {}): 
     report = createReport({
       ...(handle.redis ? { redis: handle.redis } : {}),
       now: () => store.now(),
+      limiter: store,
       policy: () => config.inference,
       log,
     });

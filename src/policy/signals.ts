@@ -182,8 +182,15 @@ const countTrip = (
   pick: (b: Bucket) => number,
   nowMs: number,
   bucketMs: number,
+  shared?: SharedCount,
 ): Trip | undefined => {
-  const { count, sinceMs } = countIn(buckets, pick, nowMs, rule.windowMs, bucketMs);
+  const local = countIn(buckets, pick, nowMs, rule.windowMs, bucketMs);
+  let { count, sinceMs } = local;
+  // The store's count covers every instance; usable when fresh and over no more than the rule's window.
+  if (shared && shared.windowMs <= rule.windowMs && nowMs - shared.atMs <= bucketMs && shared.count > count) {
+    count = shared.count;
+    sinceMs = Math.min(sinceMs, shared.atMs - shared.windowMs);
+  }
   if (count < rule.count) return undefined;
   return {
     signal,
@@ -198,12 +205,36 @@ const countTrip = (
 const requestShare = (b: Bucket): number => b.requestShare;
 const tokenShare = (b: Bucket): number => b.tokenShare;
 
-/** The per-key signals that the key's buckets (oldest first) trip now. */
-export const evaluateKey = (buckets: readonly Bucket[], s: SignalSettings, nowMs: number): Trip[] => {
+/** A count the store keeps for all instances (lease expiries of a key), as read at atMs. */
+export interface SharedCount {
+  count: number;
+  windowMs: number;
+  atMs: number;
+}
+
+/**
+ * The per-key signals that the key's buckets (oldest first) trip now. `expired`: the store's count
+ * of the key's lease expiries, when read.
+ */
+export const evaluateKey = (
+  buckets: readonly Bucket[],
+  s: SignalSettings,
+  nowMs: number,
+  expired?: SharedCount,
+): Trip[] => {
   const trips = [
     shareTrip('excessive_request_rate', 'request', s.requestRate, buckets, requestShare, nowMs, s.bucketMs),
     shareTrip('excessive_token_rate', 'token', s.tokenRate, buckets, tokenShare, nowMs, s.bucketMs),
-    countTrip('runaway_requests', 'expired leases', s.runaway, buckets, (b) => b.expired, nowMs, s.bucketMs),
+    countTrip(
+      'runaway_requests',
+      'expired leases',
+      s.runaway,
+      buckets,
+      (b) => b.expired,
+      nowMs,
+      s.bucketMs,
+      expired,
+    ),
     countTrip(
       'retry_storm',
       'calls denied again before Retry-After',

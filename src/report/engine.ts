@@ -5,6 +5,7 @@ import {
   emptyBucket,
   evaluateAccount,
   evaluateKey,
+  type SharedCount,
   type SignalKind,
   type SignalSettings,
   type Trip,
@@ -21,6 +22,8 @@ interface KeyState {
   /** When each signal was last sent to the store, so a held signal writes once a bucket, not per request. */
   raisedAt: Map<SignalKind, number>;
   lastMs: number;
+  /** The store's latest count of this key's lease expiries. */
+  expired?: SharedCount;
 }
 
 const DAY_MS = 86_400_000;
@@ -58,6 +61,11 @@ export class SignalEngine {
     } catch (err) {
       this.log.error({ err }, 'report: event not recorded');
     }
+  }
+
+  /** Records an event that needs a store read first (tracked by idle(); a failed read is logged). */
+  recordWhen(event: Promise<ReportEvent>): void {
+    this.track(event.then((e) => this.record(e)));
   }
 
   /** Flushes totals every intervalMs until stop(). */
@@ -145,11 +153,13 @@ export class SignalEngine {
     const cfg = this.settings();
     const s = this.state(e.key, e.account, e.atMs);
     this.bucket(s, e.atMs, cfg).expired += e.count;
+    if (e.shared) s.expired = { ...e.shared, atMs: e.atMs };
     this.evaluate(s, e.key, e.account, e.atMs, cfg);
   }
 
   private evaluate(s: KeyState, key: string, account: string, atMs: number, cfg: SignalSettings): void {
-    for (const trip of evaluateKey(s.buckets, cfg, atMs)) this.raise(s, key, account, trip, atMs, cfg);
+    for (const trip of evaluateKey(s.buckets, cfg, atMs, s.expired))
+      this.raise(s, key, account, trip, atMs, cfg);
 
     const acct = this.accounts.get(account)!;
     if (acct.keys.size >= cfg.limitSplitting.keys && atMs - acct.evaluatedAt >= cfg.bucketMs) {

@@ -30,7 +30,10 @@ export interface ExpiredEvent {
   atMs: number;
   key: string;
   account: string;
+  /** Expiries this instance found (0 for a follow-up carrying only `shared`). */
   count: number;
+  /** The store's count of the key's expiries over its window, all instances together. */
+  shared?: { count: number; windowMs: number };
 }
 
 /** A Debit (or `usage` descriptor) that counted tokens and spend. */

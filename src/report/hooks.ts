@@ -1,4 +1,4 @@
-import { periodsAt } from '../policy/inference-keys.js';
+import { EXPIRED_WINDOW_MS, inferenceKeys as K, periodsAt } from '../policy/inference-keys.js';
 import type {
   AdmissionEvent,
   DebitEvent,
@@ -6,6 +6,7 @@ import type {
   KeyIdentity,
   LimitUsage,
 } from '../services/inference-events.js';
+import type { LimiterStore } from '../store/store.js';
 import type { SignalEngine } from './engine.js';
 import type { CrossingMetric } from './types.js';
 
@@ -23,8 +24,15 @@ const share = (limits: readonly LimitUsage[], metric: LimitUsage['metric']): num
 
 const BUDGETS: ReadonlySet<string> = new Set<CrossingMetric>(['monthly_spend', 'monthly_tokens']);
 
-/** The inference domain's hooks, feeding the signal engine. */
-export function inferenceHooks(engine: SignalEngine, timezone: () => string): InferenceEvents {
+/**
+ * The inference domain's hooks, feeding the signal engine. With the limiter store, a lease expiry
+ * is followed by a read of the key's expiry window, which counts every instance's finds.
+ */
+export function inferenceHooks(
+  engine: SignalEngine,
+  timezone: () => string,
+  limiter?: LimiterStore,
+): InferenceEvents {
   return {
     onDecision(e: AdmissionEvent) {
       const requestShare = share(e.limits, 'requests');
@@ -43,6 +51,30 @@ export function inferenceHooks(engine: SignalEngine, timezone: () => string): In
     onLeaseExpired(e) {
       const key = e.keyRef.startsWith('k:') ? e.keyRef.slice(2) : e.keyRef;
       engine.record({ kind: 'expired', atMs: e.atMs, key, account: e.account, count: e.count });
+      if (!limiter) return;
+      const read = limiter.decide({
+        ops: [
+          {
+            kind: 'window',
+            key: K.keyExpired(e.account, e.keyRef),
+            limit: Number.MAX_SAFE_INTEGER,
+            windowMs: EXPIRED_WINDOW_MS,
+            cost: 0,
+          },
+        ],
+        atomic: false,
+        dryRun: true,
+      });
+      engine.recordWhen(
+        read.then((r) => ({
+          kind: 'expired' as const,
+          atMs: r.nowMs,
+          key,
+          account: e.account,
+          count: 0,
+          shared: { count: r.states[0]?.used ?? 0, windowMs: EXPIRED_WINDOW_MS },
+        })),
+      );
     },
     onDebit(e: DebitEvent) {
       if (e.duplicate) return;

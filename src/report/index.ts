@@ -2,6 +2,7 @@ import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { defaultSignalSettings, type SignalSettings } from '../policy/signals.js';
 import type { InferenceEvents } from '../services/inference-events.js';
+import type { LimiterStore } from '../store/store.js';
 import { SignalEngine } from './engine.js';
 import { inferenceHooks } from './hooks.js';
 import { MemoryReportStore } from './memory.js';
@@ -24,6 +25,8 @@ export interface ReportOptions {
   namespace?: string;
   /** The store clock (Unix ms). */
   now: () => number;
+  /** The limiter store, to read counters it keeps for every instance (lease expiries). */
+  limiter?: LimiterStore;
   /** The policy in force: its signals section and time zone; undefined before a policy is loaded. */
   policy: () => { signals: SignalSettings; timezone: string } | undefined;
   log: Logger;
@@ -44,7 +47,7 @@ export function createReport(o: ReportOptions): ReportRuntime {
   return {
     store,
     engine,
-    hooks: inferenceHooks(engine, () => o.policy()?.timezone ?? 'UTC'),
+    hooks: inferenceHooks(engine, () => o.policy()?.timezone ?? 'UTC', o.limiter),
     async close() {
       engine.stop();
       await engine.flush().catch((err) => o.log.warn({ err }, 'report: last flush failed'));
