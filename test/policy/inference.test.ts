@@ -2,8 +2,10 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RateLimitResponse_Code } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import { RkError } from '../../src/errors.js';
 import { hashWithPepper } from '../../src/keys/hash.js';
+import { resolveKey } from '../../src/keys/resolve.js';
 import { inferenceKeys as K } from '../../src/policy/inference-keys.js';
 import { decideInference } from '../../src/services/rls-inference.js';
+import { debit } from '../../src/services/usage.js';
 import type { WindowOp } from '../../src/store/store.js';
 import {
   body,
@@ -137,6 +139,40 @@ describe.each(STORES)('inference domain on %s', (kind) => {
     const c = await decide({ key: 'capped', tokens: 5000, tokens_out: 1000, request_id: rid() });
     expect(c.overallCode).toBe(OK);
     expect(await used(K.keyRequests('capco', 'k:capped', 60_000))).toBe(1);
+  });
+
+  it('checks run in contract order: disabled > max_tokens > budgets > concurrency > requests > tokens', async () => {
+    const denied = async (d: Entries) =>
+      headers(await decide({ ...d, request_id: rid() }))['x-ratelimit-denied'];
+    // k2: requests exhausted and tokens would be too → RATE_LIMIT_EXCEEDED (requests before tokens).
+    for (let i = 0; i < 10; i++) await decideDone('acme', { key: 'k2', tokens: 400 });
+    expect(await denied({ key: 'k2', tokens: 2000 })).toBe('RATE_LIMIT_EXCEEDED');
+    // k1: 5/5 slots held and tokens short → CONCURRENT_LIMIT_EXCEEDED (concurrency before tokens).
+    for (let i = 0; i < 5; i++) await decide({ key: 'k1', tokens: 900, request_id: `o${i}` });
+    expect(await denied({ key: 'k1', tokens: 900 })).toBe('CONCURRENT_LIMIT_EXCEEDED');
+    // Monthly tokens used up (debited, slot kept) → MONTHLY_TOKEN_LIMIT_EXCEEDED before concurrency.
+    env.dir.keys.set('k1', { id: 'k1', caps: { monthlyTokens: 100 } });
+    const p = env.deps.config().inference!;
+    await debit(
+      env.deps,
+      p,
+      resolveKey('k1', p, env.dir),
+      'm-a',
+      'model',
+      { tokensIn: 150, tokensOut: 0 },
+      'o0',
+      false,
+    );
+    expect(await denied({ key: 'k1', tokens: 900 })).toBe('MONTHLY_TOKEN_LIMIT_EXCEEDED');
+    // A per-request cap is checked before budgets, a disabled key before everything.
+    env.dir.keys.set('k1', { id: 'k1', caps: { monthlyTokens: 100, maxTokensPerRequest: 500 } });
+    expect(await denied({ key: 'k1', tokens: 900 })).toBe('MAX_TOKENS_LIMIT_EXCEEDED');
+    env.dir.keys.set('k1', {
+      id: 'k1',
+      disabled: true,
+      caps: { monthlyTokens: 100, maxTokensPerRequest: 500 },
+    });
+    expect(await denied({ key: 'k1', tokens: 900 })).toBe('KEY_DISABLED');
   });
 
   it('CONCURRENT_LIMIT_EXCEEDED at 5/5 with {limit:5, active:5}; admitted again once a lease expires', async () => {
