@@ -84,7 +84,7 @@ export function inferenceHooks(
         atMs: e.atMs,
         key: reportKey(e),
         account: e.account,
-        tokens: e.tokensIn + e.tokensOut,
+        tokens: e.tokens,
         spendMicros: e.spendMicros,
         budgets: e.limits
           .filter((l) => BUDGETS.has(l.metric) && l.scope === 'key')

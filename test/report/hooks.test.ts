@@ -93,6 +93,7 @@ describe('inference hooks', () => {
       requestId: 'r1',
       tokensIn: 1,
       tokensOut: 2,
+      tokens: 3,
       spendMicros: 3,
       duplicate: false,
       reserved: true,
