@@ -276,6 +276,16 @@ describe.each(STORES)('inference domain on %s', (kind) => {
     for (let i = 0; i < 4; i++) expect((await decide({ key: 'k1', request_id: rid() })).overallCode).toBe(OK);
   });
 
+  it('a request larger than a token limit can never fit: no Retry-After, a message that says so', async () => {
+    const res = await decide({ key: 'k1', tokens: 5001, request_id: rid() });
+    expect(headers(res)['x-ratelimit-denied']).toBe('TOKEN_RATE_LIMIT_EXCEEDED');
+    expect(headers(res)['Retry-After']).toBeUndefined();
+    expect(body(res).error.message).toBe(
+      'Token rate limit exceeded: this request needs 5001 tokens, above the limit of 5000 per minute.',
+    );
+    expect(body(res).error.details).toMatchObject({ limit: 5000, metric: 'tokens', scope: 'key' });
+  });
+
   it('a token limit with nothing reserved denies once the counted usage reaches it', async () => {
     expect((await decide({ key: 'k1', model: 'm-a', tokens_out: 2000, request_id: rid() })).overallCode).toBe(
       OK,

@@ -185,11 +185,13 @@ describe.each(STORES)('UsageService on %s', (kind) => {
   });
 
   it('expired leases free slots and are recorded per key', async () => {
+    const metricBefore = await metricValue('ratekeeper_expired_slot_leases_total', {});
     for (let i = 0; i < 5; i++) await decide({ key: 'k2', request_id: `e${i}` });
     expect((await decide({ key: 'k2', request_id: 'e5' })).overallCode).toBe(OVER);
     env.clock.t = T0 + 60_001;
     expect((await decide({ key: 'k2', request_id: 'e6' })).overallCode).toBe(OK);
     expect(await used(K.keyExpired('acme', 'k:k2'), 3_600_000)).toBe(5);
+    expect(await metricValue('ratekeeper_expired_slot_leases_total', {})).toBe(metricBefore + 5);
     expect(env.expiries.reduce((s, e) => s + e.count, 0)).toBe(5);
     // A late debit of an expired request still counts its usage (the reservation outlives the lease).
     const late = await debit({ requestId: 'e0', key: 'k2', model: 'm-a', tokensIn: 10, tokensOut: 0 });
@@ -267,6 +269,22 @@ describe.each(STORES)('UsageService on %s', (kind) => {
       { entries: { key: 'k1', model: 'm-a', usage: 'tokens' }, hitsAddend: 1_000_000 },
     ]);
     expect((await decideInference(big, env.deps)).overallCode).toBe(OK);
+  });
+
+  it('raw keys in Debit and Release never reach store keys, logs or events', async () => {
+    const raw = 'sk-usage-raw-SECRET-77';
+    env.deps.log.level = 'trace';
+    await decide({ key: raw, model: 'm-a', tokens: 10, request_id: 'rk1' });
+    await debit({ requestId: 'rk1', key: raw, model: 'm-a', tokensIn: 5, tokensOut: 5 });
+    await debit({ requestId: 'rk-ghost', key: raw, model: 'm-a', tokensIn: 5, tokensOut: 5 });
+    await release('rk1', raw);
+    await err(debit({ requestId: 'rk2', key: raw, model: 'ghost' }));
+    const keys = await env.storeKeys();
+    expect(keys.length).toBeGreaterThan(3);
+    for (const k of keys) expect(k).not.toContain(raw);
+    expect(env.logs.join('\n')).not.toContain(raw);
+    expect(env.logs.some((l) => l.includes('debit without a known admission'))).toBe(true);
+    expect(JSON.stringify(env.debits)).not.toContain(raw);
   });
 
   it('bad input is INVALID_ARGUMENT naming the field, with nothing applied', async () => {
