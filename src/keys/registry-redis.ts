@@ -28,7 +28,7 @@ import type { StoredKey } from './types.js';
  * script orders notifications by version. All keys share the `{keys}` hash tag: one cluster slot.
  *
  * KEYS: records, hashes, version, audit. ARGV: id, expected JSON ('' = absent), new JSON
- * ('' = delete), old hash, new hash, audit JSON, audit cap, channel.
+ * ('' = delete), old hash, new hash, audit JSON, audit cap, channel, PUBLISH or SPUBLISH.
  */
 const WRITE_LUA = `
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -49,7 +49,7 @@ local v = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[6])
 local rec = ARGV[3]
 if rec == '' then rec = 'null' end
-redis.call('PUBLISH', ARGV[8], '{"v":' .. v .. ',"id":' .. cjson.encode(ARGV[1]) .. ',"rec":' .. rec .. '}')
+redis.call(ARGV[9], ARGV[8], '{"v":' .. v .. ',"id":' .. cjson.encode(ARGV[1]) .. ',"rec":' .. rec .. '}')
 return {'ok', v}
 `;
 
@@ -57,6 +57,20 @@ return {'ok', v}
 const SNAPSHOT_LUA = `
 return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
 `;
+
+/** Waits for the (fail-fast) command client to connect, at most until `deadline`. */
+const untilReady = (client: Redis | Cluster, deadline: number): Promise<void> =>
+  client.status === 'ready'
+    ? Promise.resolve()
+    : new Promise((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          client.off('ready', done);
+          resolve();
+        };
+        const timer = setTimeout(done, Math.max(0, deadline - Date.now()));
+        client.on('ready', done);
+      });
 
 const sha1 = (s: string): string => createHash('sha1').update(s).digest('hex');
 const WRITE_SHA = sha1(WRITE_LUA);
@@ -66,6 +80,7 @@ const SNAPSHOT_SHA = sha1(SNAPSHOT_LUA);
 const MAX_ATTEMPTS = 16;
 
 export interface RedisRegistryOptions {
+  /** The store's client; the registry opens two connections like it (commands, subscriber). */
   client: Redis | Cluster;
   /** Namespace prefix shared with the store, e.g. `rk:`. */
   prefix?: string;
@@ -75,6 +90,8 @@ export interface RedisRegistryOptions {
   /** How long a write waits for its own change notification before resyncing directly. */
   notifyTimeoutMs?: number;
   auditMax?: number;
+  /** Deadline of the registry's own Redis commands (default 2000). */
+  commandTimeoutMs?: number;
   /** How long open() waits for Redis before serving with an empty directory. */
   startTimeoutMs?: number;
   log?: Logger;
@@ -96,6 +113,8 @@ export class RedisKeyRegistry implements KeyRegistry {
   private readonly client: Redis | Cluster;
   private readonly sub: Redis | Cluster;
   private readonly k: { rec: string; hash: string; ver: string; audit: string; channel: string };
+  /** Cluster: sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7); standalone: plain pub/sub. */
+  private readonly sharded: boolean;
   private readonly now: () => number;
   private readonly notifyTimeoutMs: number;
   private readonly auditMax: number;
@@ -108,8 +127,18 @@ export class RedisKeyRegistry implements KeyRegistry {
 
   private constructor(opts: RedisRegistryOptions) {
     const p = `${opts.prefix ?? 'rk:'}{keys}:`;
+    this.sharded = opts.client instanceof Cluster;
     this.k = { rec: `${p}rec`, hash: `${p}hash`, ver: `${p}ver`, audit: `${p}audit`, channel: `${p}changes` };
-    this.client = opts.client;
+    // Its own command connection: admin writes and full reloads (HGETALL of every key) may take
+    // longer than the hot-path store's deadline, and must not queue behind its decisions.
+    const commandTimeout = opts.commandTimeoutMs ?? 2000;
+    this.client =
+      opts.client instanceof Cluster
+        ? opts.client.duplicate(undefined, {
+            redisOptions: { ...opts.client.options.redisOptions, commandTimeout },
+          })
+        : opts.client.duplicate({ commandTimeout });
+    this.client.on('error', () => {});
     this.now = opts.now ?? Date.now;
     this.notifyTimeoutMs = opts.notifyTimeoutMs ?? 1000;
     this.auditMax = opts.auditMax ?? DEFAULT_AUDIT_MAX;
@@ -120,10 +149,14 @@ export class RedisKeyRegistry implements KeyRegistry {
       opts.client instanceof Cluster
         ? opts.client.duplicate(undefined, {
             enableOfflineQueue: true,
+            // Sharded pub/sub: every instance subscribes on the node that owns the {keys} slot,
+            // the node that runs the write script, so all get a change in the same delivery.
+            shardedSubscribers: true,
             redisOptions: { ...opts.client.options.redisOptions, commandTimeout: undefined },
           })
         : opts.client.duplicate({ enableOfflineQueue: true, commandTimeout: undefined });
     this.sub.on('message', (_channel: string, message: string) => this.onMessage(message));
+    this.sub.on('smessage', (_channel: string, message: string) => this.onMessage(message));
     // Messages sent while the subscriber was away are lost: reload after every (re)connection.
     this.sub.on('ready', () => this.resync());
     this.sub.on('error', (err: Error) =>
@@ -141,7 +174,9 @@ export class RedisKeyRegistry implements KeyRegistry {
   static async open(opts: RedisRegistryOptions): Promise<RedisKeyRegistry> {
     const reg = new RedisKeyRegistry(opts);
     const deadline = Date.now() + (opts.startTimeoutMs ?? 5000);
-    const subscribed = reg.sub.subscribe(reg.k.channel).then(
+    const subscribed = (
+      reg.sharded ? reg.sub.ssubscribe(reg.k.channel) : reg.sub.subscribe(reg.k.channel)
+    ).then(
       () => true,
       (err: Error) => {
         reg.log?.warn({ err: err.message }, 'key registry: subscribe failed');
@@ -155,6 +190,7 @@ export class RedisKeyRegistry implements KeyRegistry {
       reg.log?.warn('key registry: Redis not reachable at start; keys apply once it is');
       return reg;
     }
+    await untilReady(reg.client, deadline);
     while (!(await reg.resync()) && Date.now() < deadline && !reg.closed) {
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -212,6 +248,7 @@ export class RedisKeyRegistry implements KeyRegistry {
             JSON.stringify(entry),
             String(this.auditMax),
             this.k.channel,
+            this.sharded ? 'SPUBLISH' : 'PUBLISH',
           ],
         ),
       )) as [string, number?];
@@ -262,6 +299,7 @@ export class RedisKeyRegistry implements KeyRegistry {
     for (const w of this.waiters) w.resolve();
     this.waiters = [];
     this.sub.disconnect();
+    this.client.disconnect();
   }
 
   private onMessage(message: string): void {

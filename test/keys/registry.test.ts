@@ -5,7 +5,7 @@ import { RkError } from '../../src/errors.js';
 import { type KeyRegistry, MemoryKeyRegistry, type Mutation } from '../../src/keys/registry.js';
 import { RedisKeyRegistry } from '../../src/keys/registry-redis.js';
 import type { StoredKey } from '../../src/keys/types.js';
-import { connectRedis } from '../../src/store/factory.js';
+import { connectRedis, readyWithin } from '../../src/store/factory.js';
 
 const clients: (Redis | Cluster)[] = [];
 let n = 0;
@@ -287,6 +287,7 @@ describe.each([
   it('catches up by the periodic version check when a notification is lost', async () => {
     const prefix = `rk:t${++n}:`;
     const raw = clientOf();
+    await readyWithin(raw, 5000);
     const a = await RedisKeyRegistry.open({ client: clientOf(), prefix, resyncMs: 50 });
     // A write that bypasses the registry publishes nothing: only the resync can find it.
     const rec = `${prefix}{keys}:rec`;
@@ -300,13 +301,13 @@ describe.each([
   it('resyncs on a version gap in the notifications', async () => {
     const prefix = `rk:t${++n}:`;
     const raw = clientOf();
+    await readyWithin(raw, 5000);
     const a = await RedisKeyRegistry.open({ client: clientOf(), prefix, resyncMs: 60_000 });
     await raw.hset(`${prefix}{keys}:rec`, 'x', JSON.stringify({ id: 'x', tier: 'pro' }));
     await raw.set(`${prefix}{keys}:ver`, '5');
-    await raw.publish(
-      `${prefix}{keys}:changes`,
-      JSON.stringify({ v: 5, id: 'x', rec: { id: 'x', tier: 'pro' } }),
-    );
+    const msg = JSON.stringify({ v: 5, id: 'x', rec: { id: 'x', tier: 'pro' } });
+    const channel = `${prefix}{keys}:changes`;
+    await (_name === 'redis cluster' ? raw.spublish(channel, msg) : raw.publish(channel, msg));
     await until(() => a.version === 5 && a.byId('x')?.tier === 'pro');
     await a.close();
   });

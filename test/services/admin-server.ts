@@ -62,7 +62,7 @@ export async function startAdminServer(opts: {
       {},
     ),
   };
-  const log = pino({ level: 'silent' });
+  const log = pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' });
   const store = opts.store ?? new MemoryStore();
   const deps: Deps = {
     store,
