@@ -229,11 +229,18 @@ export class SignalEngine {
           },
         };
         this.track(
-          this.store.claimOnce(`crossing:${id}`, ttlMs).then(async (first) => {
-            if (!first) return;
-            this.log.warn({ alert: alert }, `report: ${budget.metric} of ${e.key} crossed ${share * 100}%`);
-            await this.store.publish(alert);
-          }),
+          this.store.claimOnce(`crossing:${id}`, ttlMs).then(
+            async (first) => {
+              if (!first) return;
+              this.log.warn({ alert }, `report: ${budget.metric} of ${e.key} crossed ${share * 100}%`);
+              await this.store.publish(alert);
+            },
+            (err: unknown) => {
+              // Not claimed: the next debit of this key tries again.
+              this.crossings.delete(id);
+              throw err;
+            },
+          ),
         );
       }
     }

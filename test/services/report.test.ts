@@ -11,7 +11,13 @@ import { AdminService } from '../../gen/ratekeeper/v1/admin_pb.js';
 import { type Alert, FlagState, ReportService, Signal } from '../../gen/ratekeeper/v1/report_pb.js';
 import { UsageService } from '../../gen/ratekeeper/v1/usage_pb.js';
 import { MemoryStore } from '../../src/store/memory.js';
-import { type GrpcClient, type GrpcError, grpcClient } from '../harness/clients.js';
+import {
+  CONNECT_PROTOCOLS,
+  connectClient,
+  type GrpcClient,
+  type GrpcError,
+  grpcClient,
+} from '../harness/clients.js';
 import { startTestServer, type TestServer } from '../harness/server.js';
 
 const TOKEN = 'ops-token-0123456789abcdef';
@@ -25,9 +31,10 @@ const POLICY = `
 kind: inference-policy
 pepper: test-pepper
 default_tier: free
-lease: 10m
+# Long enough that the steady clients below, which never settle, hold no lease that expires.
+lease: 1h
 tiers:
-  free: { requests: 60/minute, concurrent: 5 }
+  free: { requests: 60/minute, concurrent: }
 models:
   m1:
     price: { input_per_million_usd: 1.00, output_per_million_usd: 1.00 }
@@ -101,10 +108,11 @@ describe('ReportService over gRPC', () => {
     return 0;
   };
 
+  /** Admissions only (no Debit), to keep the test fast; leases outlive the test. */
   const steady = async (key: string, perMinute: number, minutes: number) => {
     const end = clock.t + minutes * M;
     while (clock.t < end) {
-      await call(key);
+      await call(key, { hung: true });
       clock.t += Math.round(M / perMinute);
     }
   };
@@ -125,6 +133,7 @@ describe('ReportService over gRPC', () => {
     await steady('hot', 57, 12);
     clock.t -= 12 * M;
     await steady('calm', 30, 12);
+    await call('calm');
     const hot = await flagsOf('hot');
     expect(hot).toHaveLength(1);
     expect(hot[0]).toMatchObject({
@@ -152,7 +161,7 @@ describe('ReportService over gRPC', () => {
 
   it('trips runaway on hung requests, and retry storm on a client hammering through 429s', async () => {
     for (let i = 0; i < 5; i++) await call('hung', { hung: true });
-    clock.t += 11 * M;
+    clock.t += 61 * M;
     await call('hung');
     expect((await flagsOf('hung')).map((f) => [f.signal, f.observed])).toEqual([
       [Signal.RUNAWAY_REQUESTS, 5],
@@ -227,6 +236,39 @@ describe('ReportService over gRPC', () => {
     expect(first.nextPageToken).not.toBe('');
     const second = await report.listFlags({ pageSize: 1, pageToken: first.nextPageToken }, AUTH);
     expect(second.flags[0]!.id < first.flags[0]!.id).toBe(true);
+  });
+
+  it('answers the same on the HTTP port, streams included', async () => {
+    const viaGrpc = await report.listFlags({}, AUTH);
+    for (const protocol of CONNECT_PROTOCOLS) {
+      const client = connectClient(ReportService, server.httpUrl, protocol);
+      expect((await client.listFlags({}, AUTH)).flags, protocol).toEqual(viaGrpc.flags);
+    }
+    const client = connectClient(ReportService, server.httpUrl, 'connect-json');
+    const ac = new AbortController();
+    const stream = client.watchAlerts({}, { ...AUTH, signal: ac.signal })[Symbol.asyncIterator]();
+    const first = stream.next();
+    const runtime = server.server.deps.report!;
+    await expect.poll(() => (runtime.store as unknown as { subscribers: number }).subscribers).toBe(1);
+    await runtime.store.publish({
+      atMs: clock.t,
+      crossing: {
+        key: 'x',
+        account: 'y',
+        metric: 'monthly_tokens',
+        share: 1,
+        used: 5,
+        limit: 5,
+        period: '2026-11',
+      },
+    });
+    const got = await first;
+    expect(got.value?.kind).toMatchObject({
+      case: 'threshold',
+      value: { key: 'x', metric: 'monthly_tokens' },
+    });
+    ac.abort();
+    await stream.return?.();
   });
 
   it('names the field of every bad input', async () => {
