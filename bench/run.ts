@@ -201,6 +201,8 @@ export interface Pass {
 
 interface Target {
   pid: number;
+  /** Prometheus endpoint of the real server. */
+  metrics?: string;
   /** The probe request met a configured limit. */
   limited: boolean;
   grpc: string;
@@ -215,7 +217,21 @@ interface Window {
   jiffies: { total: number; idle: number };
   at: number;
   stats?: Promise<Map<string, number>>;
+  failures?: Promise<number>;
 }
+
+/** Decisions answered without the store (fail-open) or failed: they are not what the figures claim. */
+const FAILURE_METRICS = ['ratekeeper_store_failures_total', 'ratekeeper_rpc_errors_total'];
+
+const scrapeFailures = async (url: string): Promise<number> => {
+  const text = await (await fetch(url)).text();
+  let n = 0;
+  for (const line of text.split('\n')) {
+    if (FAILURE_METRICS.some((m) => line.startsWith(m)))
+      n += Number(line.slice(line.lastIndexOf(' ') + 1)) || 0;
+  }
+  return n;
+};
 
 const NCPU = cpus().length;
 
@@ -225,6 +241,7 @@ const snapshot = (target: Target | undefined, redis: BenchRedis | undefined): Wi
   jiffies: machineJiffies(),
   at: performance.now(),
   ...(redis ? { stats: commandStats(redis.admin) } : {}),
+  ...(target?.metrics ? { failures: scrapeFailures(target.metrics).catch(() => Number.NaN) } : {}),
 });
 
 interface Measured {
@@ -233,6 +250,7 @@ interface Measured {
   redisCpuMs: number;
   othersCores: number;
   commands?: Record<string, number>;
+  failures?: number;
 }
 
 const measure = async (w0: Window, w1: Window, ownCpuMs: number): Promise<Measured> => {
@@ -244,6 +262,7 @@ const measure = async (w0: Window, w1: Window, ownCpuMs: number): Promise<Measur
   const ours = (serverCpuMs + redisCpuMs + ownCpuMs) / ms;
   const result: Measured = { ms, serverCpuMs, redisCpuMs, othersCores: Math.max(0, busyCores - ours) };
   if (w0.stats && w1.stats) result.commands = diffStats(await w0.stats, await w1.stats);
+  if (w0.failures && w1.failures) result.failures = (await w1.failures) - (await w0.failures);
   return result;
 };
 
@@ -356,6 +375,7 @@ const startRatekeeper = async (
   const limited = await waitReady(child, grpcAddr, req);
   return {
     pid: child.proc.pid ?? 0,
+    metrics: `http://127.0.0.1:${metricsPort}/metrics`,
     limited,
     grpc: grpcAddr,
     http: `http://127.0.0.1:${httpPort}`,
@@ -491,7 +511,10 @@ const finishPass = (
     rate: r.rate,
     decisions: r.decisions,
     overLimit: r.overLimit ?? 0,
-    errors: r.errors ?? {},
+    errors: {
+      ...(r.errors ?? {}),
+      ...(m.failures ? { 'store/rpc failures': m.failures } : {}),
+    },
     latency: r.latency,
     serverCpuShare,
     serverCpuMsPer1k: r.decisions > 0 ? (serverCpuMs * 1000) / r.decisions : Number.NaN,
