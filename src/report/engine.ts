@@ -1,4 +1,6 @@
 import type { Logger } from 'pino';
+import { Counter } from 'prom-client';
+import { registry } from '../metrics.js';
 import {
   type Bucket,
   crossedShares,
@@ -12,6 +14,20 @@ import {
 } from '../policy/signals.js';
 import type { DecisionEvent, ExpiredEvent, ReportEvent, SettledEvent } from './events.js';
 import { type Alert, type ReportStore, TOP_BUCKET_MS, type Totals } from './types.js';
+
+export const flagsRaised = new Counter({
+  name: 'ratekeeper_report_flags_total',
+  help: 'Abuse flags opened for review, by signal (one per key and signal while open).',
+  labelNames: ['signal'] as const,
+  registers: [registry],
+});
+
+export const crossingsSent = new Counter({
+  name: 'ratekeeper_report_threshold_crossings_total',
+  help: 'Budget threshold crossings alerted (each once a period across instances), by metric.',
+  labelNames: ['metric'] as const,
+  registers: [registry],
+});
 
 interface KeyState {
   account: string;
@@ -199,6 +215,7 @@ export class SignalEngine {
         })
         .then(async (r) => {
           if (r.outcome !== 'created' || !r.flag) return;
+          flagsRaised.inc({ signal: trip.signal });
           this.log.warn({ flag: r.flag }, `report: flag raised: ${trip.signal} on ${key}`);
           await this.store.publish({ atMs, flag: r.flag });
         }),
@@ -232,6 +249,7 @@ export class SignalEngine {
           this.store.claimOnce(`crossing:${id}`, ttlMs).then(
             async (first) => {
               if (!first) return;
+              crossingsSent.inc({ metric: budget.metric });
               this.log.warn({ alert }, `report: ${budget.metric} of ${e.key} crossed ${share * 100}%`);
               await this.store.publish(alert);
             },
