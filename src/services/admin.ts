@@ -70,6 +70,16 @@ const tierCheck = (policy: InferencePolicy, tier: string, field: string): void =
   }
 };
 
+/** Accounts name store keys (and their Cluster hash tags): the policy file's alphabet, no braces. */
+const accountCheck = (account: string): void => {
+  if (!ID_RE.test(account)) throw invalid('account', 'letters, digits, . _ @ - (1-128)');
+};
+
+const MAX_TEXT = 256;
+const textCheck = (value: string, field: string): void => {
+  if (value.length > MAX_TEXT) throw invalid(field, `at most ${MAX_TEXT} characters`);
+};
+
 const requireId = (id: string): string => {
   if (id === '') throw invalid('id', 'required');
   return id;
@@ -236,6 +246,8 @@ export const adminBinding = (deps: Deps): ServiceBinding => {
         const id = req.id === '' ? `key_${randomBytes(10).toString('hex')}` : req.id;
         if (!ID_RE.test(id)) throw invalid('id', 'letters, digits, . _ @ - (1-128)');
         if (req.tier !== '') tierCheck(policy, req.tier, 'tier');
+        if (req.account !== '') accountCheck(req.account);
+        textCheck(req.name, 'name');
         const caps = capsFrom(req.caps, 'caps');
         if (policy.keysById.has(id))
           throw new RkError('ALREADY_EXISTS', `key "${id}" is defined in the policy file`);
@@ -287,7 +299,8 @@ export const adminBinding = (deps: Deps): ServiceBinding => {
         const id = requireId(req.id);
         const policy = policyOf(deps);
         if (req.tier !== undefined) tierCheck(policy, req.tier, 'tier');
-        if (req.account !== undefined && req.account === '') throw invalid('account', 'must not be empty');
+        if (req.account !== undefined) accountCheck(req.account);
+        if (req.name !== undefined) textCheck(req.name, 'name');
         const set = capsFrom(req.caps, 'caps');
         const clear = req.clearCaps.map((name, i) => {
           const cap = CAPS.find(([wire]) => wire === name);
@@ -320,6 +333,7 @@ export const adminBinding = (deps: Deps): ServiceBinding => {
 
       async disableKey(req, ctx) {
         const id = requireId(req.id);
+        textCheck(req.reason, 'reason');
         return overlay(ctx, id, 'disable', ({ disabledReason: _, ...rec }) => ({
           ...rec,
           disabled: true,

@@ -133,6 +133,11 @@ describe('AdminService keys', () => {
     expect(err.message).toMatch(/^caps\.daily_spend_micros: must be >= 0/);
     err = await code(admin.createKey({ id: 'has space' }));
     expect(err.message).toMatch(/^id: /);
+    expect((await code(admin.createKey({ account: '{tag}' }))).message).toMatch(/^account: /);
+    expect((await code(admin.createKey({ name: 'n'.repeat(300) }))).message).toMatch(/^name: /);
+    expect((await code(admin.disableKey({ id: 'static-1', reason: 'r'.repeat(300) }))).message).toMatch(
+      /^reason: /,
+    );
     expect((await code(admin.createKey({ id: 'static-1' }))).code).toBe(status.ALREADY_EXISTS);
     await admin.createKey({ id: 'mine' });
     expect((await code(admin.createKey({ id: 'mine' }))).code).toBe(status.ALREADY_EXISTS);
@@ -187,7 +192,9 @@ describe('AdminService keys', () => {
       [{ id: '' }, /^id: required/],
       [{ id: 'k', tier: 'pro', caps: { monthlyTokens: -5n } }, /^caps\.monthly_tokens: must be >= 0/],
       [{ id: 'k', tier: 'gold' }, /^tier: unknown tier/],
-      [{ id: 'k', account: '' }, /^account: must not be empty/],
+      [{ id: 'k', account: '' }, /^account: letters/],
+      [{ id: 'k', account: 'a{b}' }, /^account: letters/],
+      [{ id: 'k', name: 'x'.repeat(257) }, /^name: at most 256/],
       [
         { id: 'k', tier: 'pro', clearCaps: ['monthly_tokens', 'bogus'] },
         /^clear_caps\[1\]: unknown cap "bogus"/,
