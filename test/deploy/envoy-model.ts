@@ -7,6 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { LuaFactory } from 'wasmoon';
 import { parseAllDocuments } from 'yaml';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
@@ -156,15 +157,45 @@ export const buildDescriptors = (
 export const luaSource = (luaConfig: unknown): string =>
   String(get(luaConfig, 'default_source_code', 'inline_string'));
 
+const luaFactory = new LuaFactory();
+
+/** A Lua string literal for a header name or value (printable ASCII, as HTTP headers are here). */
+const luaString = (s: string): string => {
+  if (!/^[\x20-\x7e]*$/.test(s)) throw new Error(`header text outside printable ASCII: ${JSON.stringify(s)}`);
+  return `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
+};
+
 /**
- * The deploy/ Lua filter's effect: a Bearer credential overwrites x-api-key. The test also pins the
- * Lua text, so this model and the script cannot drift apart silently.
+ * Runs a Lua filter's real script (Lua 5.4 in wasm; Envoy runs LuaJIT, and the script keeps to what
+ * both share) on the request headers, through a handle with Envoy's `headers():get / replace /
+ * remove`. Returns the headers the next filter sees.
  */
-export const applyBearerLua = (headers: Headers): Headers => {
-  const h = lowerHeaders(headers);
-  const auth = h['authorization'];
-  if (auth !== undefined && auth.slice(0, 7).toLowerCase() === 'bearer ') h['x-api-key'] = auth.slice(7);
-  return h;
+export const runLuaOnRequest = async (source: string, headers: Headers): Promise<Headers> => {
+  const lua = await luaFactory.createEngine();
+  try {
+    await lua.doString(source);
+    const input = Object.entries(lowerHeaders(headers))
+      .map(([k, v]) => `[${luaString(k)}] = ${luaString(v)}`)
+      .join(', ');
+    // Input is printable ASCII, so control characters can separate names, values and headers.
+    const out = (await lua.doString(`
+      local hs = { ${input} }
+      local headers = {
+        get = function(_, k) return hs[string.lower(k)] end,
+        replace = function(_, k, v) hs[string.lower(k)] = v end,
+        add = function(_, k, v) hs[string.lower(k)] = v end,
+        remove = function(_, k) hs[string.lower(k)] = nil end,
+      }
+      envoy_on_request({ headers = function(_) return headers end })
+      local out = {}
+      for k, v in pairs(hs) do out[#out + 1] = k .. "\\1" .. v end
+      return table.concat(out, "\\2")
+    `)) as string;
+    if (out === '') return {};
+    return Object.fromEntries(out.split('\x02').map((kv) => kv.split('\x01') as [string, string]));
+  } finally {
+    lua.global.close();
+  }
 };
 
 /** header_to_metadata response_rules: header present → its value, missing → the configured value. */

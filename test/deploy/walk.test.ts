@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
+import fc from 'fast-check';
 import { service as healthService } from 'grpc-health-check';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,7 +14,6 @@ import { settingsFrom } from '../../src/settings.js';
 import { type RedisProcess, startRedis } from '../harness/redis.js';
 import { startTestServer, type TestServer } from '../harness/server.js';
 import {
-  applyBearerLua,
   at,
   buildDescriptors,
   type Descriptor,
@@ -22,6 +22,8 @@ import {
   type Headers,
   istioParts,
   list,
+  luaSource,
+  runLuaOnRequest,
   yamlDocs,
 } from './envoy-model.js';
 import { EnvoyWalk, headerMap, type Reply } from './walk.js';
@@ -208,15 +210,19 @@ describe.each([
     it('an unregistered key admitted with tier/account hints is debited under the same account', async () => {
       const h: Headers = {
         'x-api-key': 'sk-hinted',
-        'x-tier': 'pro',
-        'x-account': 'acct-7',
         'x-model': 'o1',
         'x-max-tokens': '1000',
         'x-request-id': 'hint-1',
       };
-      const first = await walk.request(h);
+      // Set by a trusted auth filter after the Lua filter (which drops client copies).
+      const hints: Headers = { 'x-tier': 'pro', 'x-account': 'acct-7' };
+      const first = await walk.request(h, hints);
       expect(first.response.overallCode).toBe(RateLimitResponse_Code.OK);
-      const done = await walk.streamDone(h, { 'x-usage-tokens-in': '10', 'x-usage-tokens-out': '900' });
+      const done = await walk.streamDone(
+        h,
+        { 'x-usage-tokens-in': '10', 'x-usage-tokens-out': '900' },
+        hints,
+      );
       for (const d of done.descriptors) {
         expect(d.entries).toEqual(
           expect.arrayContaining([
@@ -227,7 +233,7 @@ describe.each([
       }
       // The debit landed: acct-7's o1 output window (pro: 2,000,000/day) holds the 900 used, not the 1000
       // reserved.
-      const second = await walk.request({ ...h, 'x-request-id': 'hint-2', 'x-max-tokens': '1' });
+      const second = await walk.request({ ...h, 'x-request-id': 'hint-2', 'x-max-tokens': '1' }, hints);
       expect(headerMap(second.response)['x-ratelimit-remaining-tokens-out']).toBe(
         String(2_000_000 - 900 - 1),
       );
@@ -287,11 +293,16 @@ describe.each([
   },
 );
 
-describe('what Envoy sends for other requests', () => {
-  it('Istio builds the same descriptors as Envoy, at request time and at stream done', () => {
+describe('what the Lua filter and the descriptors do with other requests', () => {
+  const envoy = envoyParts();
+  const lua = luaSource(envoy.filter('envoy.filters.http.lua'));
+  const keyOf = (ds: Descriptor[]) => [
+    ...new Set(ds.flatMap((d) => d.entries.filter((e) => e.key === 'key'))),
+  ];
+
+  it('Istio builds the same descriptors as Envoy, at request time and at stream done', async () => {
     const istio = istioParts();
-    const envoy = envoyParts();
-    const h = applyBearerLua({ ...headersA, 'x-tier': 'pro', 'x-account': 'acme' });
+    const h = { ...(await runLuaOnRequest(lua, headersA)), 'x-tier': 'pro', 'x-account': 'acme' };
     const md = { ratekeeper: { tokens_in: 5, tokens_out: 7 } };
     for (const done of [false, true]) {
       expect(buildDescriptors(istio.rateLimits, h, done, md)).toEqual(
@@ -300,18 +311,78 @@ describe('what Envoy sends for other requests', () => {
     }
   });
 
-  it('without a key, Envoy sends no descriptor at all (authenticate before rate limiting)', () => {
-    const rl = envoyParts().rateLimits;
-    expect(buildDescriptors(rl, { 'x-model': 'gpt-4o', 'x-request-id': 'x' }, false)).toEqual([]);
+  it('without a key, Envoy sends no descriptor at all (authenticate before rate limiting)', async () => {
+    const h = await runLuaOnRequest(lua, { 'x-model': 'gpt-4o', 'x-request-id': 'x' });
+    expect(buildDescriptors(envoy.rateLimits, h, false)).toEqual([]);
   });
 
-  it('a Bearer credential wins over a client-sent x-api-key', () => {
-    const rl = envoyParts().rateLimits;
-    const ds = buildDescriptors(
-      rl,
-      applyBearerLua({ authorization: 'Bearer real', 'x-api-key': 'spoof' }),
-      false,
+  it('a Bearer credential (any case) wins over a client-sent x-api-key', async () => {
+    for (const scheme of ['Bearer', 'bearer', 'BEARER']) {
+      const h = await runLuaOnRequest(lua, { authorization: `${scheme} real`, 'x-api-key': 'spoof' });
+      expect(keyOf(buildDescriptors(envoy.rateLimits, h, false))).toEqual([{ key: 'key', value: 'real' }]);
+    }
+    // Other schemes leave x-api-key alone.
+    const basic = await runLuaOnRequest(lua, { authorization: 'Basic abc', 'x-api-key': 'k' });
+    expect(basic['x-api-key']).toBe('k');
+  });
+
+  it('drops what Ratekeeper would refuse, and the client’s tier and account', async () => {
+    const h = await runLuaOnRequest(lua, {
+      'x-api-key': 'k'.repeat(513),
+      'x-model': '',
+      'x-prompt-tokens': '12a',
+      'x-max-tokens': '1000000000',
+      'x-tier': 'enterprise',
+      'x-account': 'someone-else',
+      'x-request-id': 'r',
+    });
+    expect(h).toEqual({ 'x-request-id': 'r' });
+    const kept = await runLuaOnRequest(lua, {
+      'x-api-key': 'k'.repeat(512),
+      'x-model': 'gpt-4o',
+      'x-prompt-tokens': '0',
+      'x-max-tokens': '999999999',
+    });
+    expect(Object.keys(kept).sort()).toEqual(['x-api-key', 'x-max-tokens', 'x-model', 'x-prompt-tokens']);
+  });
+});
+
+describe('whatever a client sends, Ratekeeper answers the call Envoy makes (a refusal would fail open)', () => {
+  let srv: TestServer;
+  let walk: EnvoyWalk;
+
+  beforeAll(async () => {
+    const cm = yamlDocs(at('deploy', 'kubernetes', 'configmap.yaml'))[0];
+    srv = await startTestServer({ files: get(cm, 'data') as Record<string, string> });
+    walk = new EnvoyWalk(srv.grpcAddress);
+  });
+
+  afterAll(async () => {
+    walk?.close();
+    await srv?.stop();
+  });
+
+  it('any printable values in the headers the descriptors read give a decision, never INVALID_ARGUMENT', async () => {
+    const text = fc.string({ unit: fc.constantFrom(...'0123456789 -abcXYZ.:/_'.split('')), maxLength: 12 });
+    const value = fc.oneof(
+      text,
+      fc.nat().map(String),
+      fc.constantFrom('', '-1', '1e3', ' 5', 'x'.repeat(600), '9'.repeat(10)),
     );
-    expect(ds.flatMap((d) => d.entries.filter((e) => e.key === 'key').map((e) => e.value))).toEqual(['real']);
+    const headerNames = ['x-api-key', 'x-model', 'x-prompt-tokens', 'x-max-tokens', 'x-tier', 'x-account'];
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.dictionary(fc.constantFrom(...headerNames), value), async (client) => {
+        n++;
+        const headers = { 'x-api-key': `fuzz-${n}`, ...client, 'x-request-id': `fuzz-${n}` };
+        // No descriptor (the key was dropped): Envoy makes no call, so there is nothing to refuse.
+        if ((await walk.descriptorsFor(headers)).length === 0) return;
+        const step = await walk.request(headers);
+        expect([RateLimitResponse_Code.OK, RateLimitResponse_Code.OVER_LIMIT]).toContain(
+          step.response.overallCode,
+        );
+      }),
+      { numRuns: 100 },
+    );
   });
 });

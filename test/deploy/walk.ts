@@ -15,7 +15,6 @@ import {
 } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import { type GrpcClient, grpcClient } from '../harness/clients.js';
 import {
-  applyBearerLua,
   applyLocalReply,
   applyResponseRules,
   buildDescriptors,
@@ -25,6 +24,8 @@ import {
   type Headers,
   type istioParts,
   list,
+  luaSource,
+  runLuaOnRequest,
 } from './envoy-model.js';
 
 type Parts = ReturnType<typeof envoyParts> | ReturnType<typeof istioParts>;
@@ -71,10 +72,24 @@ export class EnvoyWalk {
     );
   }
 
-  /** Request time: the Lua filter, then the rate-limit filter; a denial becomes the local reply. */
-  async request(clientHeaders: Headers): Promise<Step> {
-    const headers = applyBearerLua(clientHeaders);
-    const descriptors = buildDescriptors(this.parts.rateLimits, headers, false);
+  /**
+   * The request headers the rate-limit filter reads: the client's, through the Lua filter, then
+   * what a trusted filter after it adds (an auth filter setting x-tier / x-account).
+   */
+  async headers(client: Headers, trusted: Headers = {}): Promise<Headers> {
+    const lua = luaSource(this.parts.filter('envoy.filters.http.lua'));
+    return { ...(await runLuaOnRequest(lua, client)), ...trusted };
+  }
+
+  /** The request-time descriptors; none means Envoy makes no rate-limit call at all. */
+  async descriptorsFor(client: Headers, trusted: Headers = {}): Promise<Descriptor[]> {
+    return buildDescriptors(this.parts.rateLimits, await this.headers(client, trusted), false);
+  }
+
+  /** Request time: the rate-limit filter's call; a denial becomes Envoy's local reply. */
+  async request(client: Headers, trusted: Headers = {}): Promise<Step> {
+    const descriptors = await this.descriptorsFor(client, trusted);
+    if (descriptors.length === 0) throw new Error('no descriptors: Envoy would make no rate-limit call');
     const response = await this.call(descriptors);
     if (response.overallCode !== RateLimitResponse_Code.OVER_LIMIT) return { descriptors, response };
     const rlHeaders = headerMap(response);
@@ -85,11 +100,14 @@ export class EnvoyWalk {
     return { descriptors, response, reply: { status: local.status, headers: headersOut, body: local.body } };
   }
 
-  /** Stream done: header_to_metadata on the upstream's response, then the usage descriptors. */
-  async streamDone(clientHeaders: Headers, upstreamHeaders: Headers): Promise<Step> {
-    const headers = applyBearerLua(clientHeaders);
+  /**
+   * Stream done: header_to_metadata on the upstream's response, then the usage descriptors from the
+   * same request headers as at request time.
+   */
+  async streamDone(client: Headers, upstreamHeaders: Headers, trusted: Headers = {}): Promise<Step> {
     const rules = list(this.parts.filter('envoy.filters.http.header_to_metadata'), 'response_rules');
     const metadata = applyResponseRules(rules, upstreamHeaders);
+    const headers = await this.headers(client, trusted);
     const descriptors = buildDescriptors(this.parts.rateLimits, headers, true, metadata);
     return { descriptors, response: await this.call(descriptors) };
   }
