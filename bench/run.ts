@@ -501,6 +501,9 @@ const finishPass = (
   const { result: r, m } = p;
   const serverCpuMs = p.serverIsRedis ? m.redisCpuMs : m.serverCpuMs;
   const serverCpuShare = serverCpuMs / m.ms;
+  // The sampled window and the generator's differ by the IPC / timer delay: per-decision figures use
+  // the generator's rate over the sampled window's length.
+  const inWindow = (r.rate * m.ms) / 1000;
   const redisCpuShare = p.redis ? m.redisCpuMs / m.ms : undefined;
   const pass: Pass = {
     scenario: p.id,
@@ -517,7 +520,7 @@ const finishPass = (
     },
     latency: r.latency,
     serverCpuShare,
-    serverCpuMsPer1k: r.decisions > 0 ? (serverCpuMs * 1000) / r.decisions : Number.NaN,
+    serverCpuMsPer1k: inWindow > 0 ? (serverCpuMs * 1000) / inWindow : Number.NaN,
     clientCpuShare: r.clientCpuShare,
     ...(redisCpuShare !== undefined ? { redisCpuShare } : {}),
     othersCores: m.othersCores,
@@ -529,11 +532,11 @@ const finishPass = (
       m.othersCores,
     ),
   };
-  if (m.commands && r.decisions > 0) {
+  if (m.commands && inWindow > 0) {
     const total = Object.values(m.commands).reduce((s, x) => s + x, 0);
     pass.redisCommands = m.commands;
-    pass.redisCommandsPerDecision = total / r.decisions;
-    pass.redisCallsPerDecision = clientCalls(m.commands, p.sample) / r.decisions;
+    pass.redisCommandsPerDecision = total / inWindow;
+    pass.redisCallsPerDecision = clientCalls(m.commands, p.sample) / inWindow;
   }
   log(
     `  ${p.id} ${p.driver} ${p.mode}: ${Math.round(r.rate)}/s p99 ${r.latency.p99.toFixed(2)} ms, server ${Math.round(serverCpuShare * 100)}%, client ${Math.round(r.clientCpuShare * 100)}%${
