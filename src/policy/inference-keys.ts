@@ -18,6 +18,9 @@ export const inferenceKeys = {
   keyTokens: (account: string, ref: string, windowMs: number) => `${key(account, ref)}:tok:${windowMs}`,
   keySlots: (account: string, ref: string) => `${key(account, ref)}:conc`,
   keyExpired: (account: string, ref: string) => `${key(account, ref)}:expired`,
+  /** Denied calls that came before Retry-After (report's retry-storm signal), counted by every instance. */
+  keyEarlyRetries: (account: string, ref: string, windowMs: number) =>
+    `${key(account, ref)}:early:${windowMs}`,
   monthlyTokens: (account: string, ref: string, month: string) => `${key(account, ref)}:mtok:${month}`,
   monthlySpend: (account: string, ref: string, month: string) => `${key(account, ref)}:mspend:${month}`,
   dailySpend: (account: string, ref: string, day: string) => `${key(account, ref)}:dspend:${day}`,

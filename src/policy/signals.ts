@@ -212,15 +212,18 @@ export interface SharedCount {
   atMs: number;
 }
 
-/**
- * The per-key signals that the key's buckets (oldest first) trip now. `expired`: the store's count
- * of the key's lease expiries, when read.
- */
+/** Counts the store keeps for every instance, when read: they raise the local counts. */
+export interface SharedCounts {
+  expired?: SharedCount;
+  earlyRetries?: SharedCount;
+}
+
+/** The per-key signals that the key's buckets (oldest first) trip now. */
 export const evaluateKey = (
   buckets: readonly Bucket[],
   s: SignalSettings,
   nowMs: number,
-  expired?: SharedCount,
+  shared: SharedCounts = {},
 ): Trip[] => {
   const trips = [
     shareTrip('excessive_request_rate', 'request', s.requestRate, buckets, requestShare, nowMs, s.bucketMs),
@@ -233,7 +236,7 @@ export const evaluateKey = (
       (b) => b.expired,
       nowMs,
       s.bucketMs,
-      expired,
+      shared.expired,
     ),
     countTrip(
       'retry_storm',
@@ -243,6 +246,7 @@ export const evaluateKey = (
       (b) => b.earlyRetries,
       nowMs,
       s.bucketMs,
+      shared.earlyRetries,
     ),
   ];
   return trips.filter((t): t is Trip => t !== undefined);

@@ -7,7 +7,7 @@ import {
   emptyBucket,
   evaluateAccount,
   evaluateKey,
-  type SharedCount,
+  type SharedCounts,
   type SignalKind,
   type SignalSettings,
   type Trip,
@@ -38,8 +38,23 @@ interface KeyState {
   /** When each signal was last sent to the store, so a held signal writes once a bucket, not per request. */
   raisedAt: Map<SignalKind, number>;
   lastMs: number;
-  /** The store's latest count of this key's lease expiries. */
-  expired?: SharedCount;
+  /** The key's store identity, when known (shared counters). */
+  ref?: string;
+  /** Early retries seen since the last flush, to add to the shared count. */
+  pendingEarly: number;
+  /** The store's latest counts for this key, all instances together. */
+  shared: SharedCounts;
+}
+
+/** Counters in the limiter store, shared by every instance. */
+export interface SharedCounter {
+  /** Adds n to the key's count over windowMs; resolves the total and the store clock. */
+  addEarlyRetries(
+    account: string,
+    ref: string,
+    windowMs: number,
+    n: number,
+  ): Promise<{ count: number; nowMs: number }>;
 }
 
 const DAY_MS = 86_400_000;
@@ -66,6 +81,7 @@ export class SignalEngine {
     private readonly store: ReportStore,
     private readonly settings: () => SignalSettings,
     private readonly log: Pick<Logger, 'warn' | 'error'>,
+    private readonly counter?: SharedCounter,
   ) {}
 
   /** Never throws; store work continues in the background (see idle()). */
@@ -101,12 +117,35 @@ export class SignalEngine {
     while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
   }
 
-  /** Writes the totals gathered since the last flush (TopKeys), and forgets idle keys. */
+  /**
+   * Writes the totals gathered since the last flush (TopKeys) and the early retries into the shared
+   * counters (re-evaluating those keys on the all-instance figure), and forgets idle keys.
+   */
   async flush(): Promise<void> {
     const batches = [...this.totals];
     this.totals.clear();
+    const shared = this.counter ? this.flushShared(this.counter) : Promise.resolve();
     for (const [start, byKey] of batches) await this.store.addTotals(start, [...byKey.values()]);
+    await shared;
     this.sweep();
+  }
+
+  private async flushShared(counter: SharedCounter): Promise<void> {
+    const cfg = this.settings();
+    const windowMs = cfg.retryStorm.windowMs;
+    const writes: Promise<void>[] = [];
+    for (const [key, s] of this.keys) {
+      if (s.pendingEarly === 0 || s.ref === undefined) continue;
+      const n = s.pendingEarly;
+      s.pendingEarly = 0;
+      writes.push(
+        counter.addEarlyRetries(s.account, s.ref, windowMs, n).then(({ count, nowMs }) => {
+          s.shared.earlyRetries = { count, windowMs, atMs: nowMs };
+          this.evaluate(s, key, s.account, nowMs, cfg);
+        }),
+      );
+    }
+    await Promise.all(writes);
   }
 
   private track(p: Promise<unknown>): void {
@@ -118,7 +157,15 @@ export class SignalEngine {
   private state(key: string, account: string, atMs: number): KeyState {
     let s = this.keys.get(key);
     if (!s) {
-      s = { account, buckets: [], retryUntilMs: 0, raisedAt: new Map(), lastMs: atMs };
+      s = {
+        account,
+        buckets: [],
+        retryUntilMs: 0,
+        raisedAt: new Map(),
+        lastMs: atMs,
+        pendingEarly: 0,
+        shared: {},
+      };
       this.keys.set(key, s);
     }
     if (s.account !== account) {
@@ -151,11 +198,15 @@ export class SignalEngine {
   private onDecision(e: DecisionEvent): void {
     const cfg = this.settings();
     const s = this.state(e.key, e.account, e.atMs);
+    if (e.ref !== undefined) s.ref = e.ref;
     const b = this.bucket(s, e.atMs, cfg);
     if (e.requestShare !== undefined) b.requestShare = Math.max(b.requestShare, e.requestShare);
     if (e.tokenShare !== undefined) b.tokenShare = Math.max(b.tokenShare, e.tokenShare);
     if (!e.admitted) {
-      if (e.atMs < s.retryUntilMs) b.earlyRetries++;
+      if (e.atMs < s.retryUntilMs) {
+        b.earlyRetries++;
+        s.pendingEarly++;
+      }
       const until = e.retryMs < 0 ? Number.POSITIVE_INFINITY : e.atMs + e.retryMs;
       if (e.retryMs !== 0) s.retryUntilMs = Math.max(s.retryUntilMs, until);
     } else {
@@ -169,12 +220,12 @@ export class SignalEngine {
     const cfg = this.settings();
     const s = this.state(e.key, e.account, e.atMs);
     this.bucket(s, e.atMs, cfg).expired += e.count;
-    if (e.shared) s.expired = { ...e.shared, atMs: e.atMs };
+    if (e.shared) s.shared.expired = { ...e.shared, atMs: e.atMs };
     this.evaluate(s, e.key, e.account, e.atMs, cfg);
   }
 
   private evaluate(s: KeyState, key: string, account: string, atMs: number, cfg: SignalSettings): void {
-    for (const trip of evaluateKey(s.buckets, cfg, atMs, s.expired))
+    for (const trip of evaluateKey(s.buckets, cfg, atMs, s.shared))
       this.raise(s, key, account, trip, atMs, cfg);
 
     const acct = this.accounts.get(account)!;

@@ -15,6 +15,8 @@ export interface DecisionEvent {
   /** Key id, or the key's hash for unregistered keys; never the raw key. */
   key: string;
   account: string;
+  /** The key's store identity (`k:<id>` or `h:<hash>`), for counters shared by all instances. */
+  ref?: string;
   admitted: boolean;
   /** On denial: ms until the request would be admitted (Retry-After); -1 never; 0 unknown. */
   retryMs: number;

@@ -7,7 +7,7 @@ import type {
   LimitUsage,
 } from '../services/inference-events.js';
 import type { LimiterStore } from '../store/store.js';
-import type { SignalEngine } from './engine.js';
+import type { SharedCounter, SignalEngine } from './engine.js';
 import type { CrossingMetric } from './types.js';
 
 /** How reports name a key: its id when registered, else its `h:<hash>` reference; never the raw key. */
@@ -42,6 +42,7 @@ export function inferenceHooks(
         atMs: e.atMs,
         key: reportKey(e),
         account: e.account,
+        ref: e.keyRef,
         admitted: e.admitted,
         retryMs: e.retryMs ?? 0,
         ...(requestShare !== undefined ? { requestShare } : {}),
@@ -95,3 +96,22 @@ export function inferenceHooks(
     },
   };
 }
+
+/** Shared counters kept as windows in the limiter store, under the key's account tag. */
+export const limiterCounter = (limiter: LimiterStore): SharedCounter => ({
+  async addEarlyRetries(account, ref, windowMs, n) {
+    const r = await limiter.decide({
+      ops: [
+        {
+          kind: 'window',
+          key: K.keyEarlyRetries(account, ref, windowMs),
+          limit: Number.MAX_SAFE_INTEGER,
+          windowMs,
+          cost: n,
+        },
+      ],
+      atomic: false,
+    });
+    return { count: r.states[0]?.used ?? 0, nowMs: r.nowMs };
+  },
+});

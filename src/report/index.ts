@@ -4,7 +4,7 @@ import { defaultSignalSettings, type SignalSettings } from '../policy/signals.js
 import type { InferenceEvents } from '../services/inference-events.js';
 import type { LimiterStore } from '../store/store.js';
 import { SignalEngine } from './engine.js';
-import { inferenceHooks } from './hooks.js';
+import { inferenceHooks, limiterCounter } from './hooks.js';
 import { MemoryReportStore } from './memory.js';
 import { RedisReportStore } from './redis.js';
 import type { ReportStore } from './types.js';
@@ -41,7 +41,12 @@ export function createReport(o: ReportOptions): ReportRuntime {
     : new MemoryReportStore(o.now);
   // Alerts raised on other instances reach this one's WatchAlerts streams from the start.
   if (store instanceof RedisReportStore) store.subscribed().catch(onError);
-  const engine = new SignalEngine(store, () => o.policy()?.signals ?? defaultSignalSettings, o.log);
+  const engine = new SignalEngine(
+    store,
+    () => o.policy()?.signals ?? defaultSignalSettings,
+    o.log,
+    o.limiter ? limiterCounter(o.limiter) : undefined,
+  );
   const interval = o.flushIntervalMs ?? 5_000;
   if (interval > 0) engine.start(interval);
   return {

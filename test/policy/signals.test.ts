@@ -92,7 +92,7 @@ describe('evaluateKey', () => {
 describe('store-wide counts', () => {
   const b = [{ ...emptyBucket(T0), expired: 1 }];
   const runaway = (shared: { count: number; windowMs: number; atMs: number }, now = T0 + 1000) =>
-    evaluateKey(b, d, now, shared).map((t) => [t.signal, t.observed]);
+    evaluateKey(b, d, now, { expired: shared }).map((t) => [t.signal, t.observed]);
 
   it('raise the runaway count when fresh and over no more than the window', () => {
     expect(runaway({ count: 3, windowMs: 60 * M, atMs: T0 })).toEqual([['runaway_requests', 3]]);

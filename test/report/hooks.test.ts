@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { EXPIRED_WINDOW_MS, inferenceKeys as K } from '../../src/policy/inference-keys.js';
 import { defaultSignalSettings } from '../../src/policy/signals.js';
 import { SignalEngine } from '../../src/report/engine.js';
-import { inferenceHooks, reportKey } from '../../src/report/hooks.js';
+import { inferenceHooks, limiterCounter, reportKey } from '../../src/report/hooks.js';
 import { MemoryReportStore } from '../../src/report/memory.js';
 import { MemoryStore } from '../../src/store/memory.js';
 
@@ -58,6 +58,39 @@ describe('inference hooks', () => {
     }
     const { flags } = await reports.listFlags({}, 10, '');
     expect(flags.map((f) => [f.key, f.signal, f.observed])).toEqual([['hung', 'runaway_requests', 4]]);
+  });
+
+  it('trip retry storm on the store-wide count of early retries, written on flush', async () => {
+    const clock = { t: T0 };
+    const limiter = new MemoryStore({ now: () => clock.t, sweepIntervalMs: 0 });
+    const reports = new MemoryReportStore(() => clock.t);
+    const engines = [0, 1].map(
+      () => new SignalEngine(reports, () => defaultSignalSettings, log, limiterCounter(limiter)),
+    );
+    const hooks = engines.map((e) => inferenceHooks(e, () => 'UTC', limiter));
+    // Each instance sees 21 denials, 20 of them before the Retry-After it gave: below 30 alone.
+    for (let i = 0; i < 21; i++) {
+      for (const h of hooks) {
+        h.onDecision!({
+          atMs: clock.t,
+          keyRef: 'k:st',
+          keyId: 'st',
+          account: 'acme',
+          tier: 'free',
+          requestId: `r${i}`,
+          admitted: false,
+          code: 'RATE_LIMIT_EXCEEDED',
+          retryMs: 30_000,
+          limits: [],
+        });
+      }
+      clock.t += 500;
+    }
+    await engines[0]!.flush();
+    expect((await reports.listFlags({}, 10, '')).flags).toEqual([]);
+    await engines[1]!.flush();
+    const { flags } = await reports.listFlags({}, 10, '');
+    expect(flags.map((f) => [f.key, f.signal, f.observed])).toEqual([['st', 'retry_storm', 40]]);
   });
 
   it('turn decisions and debits into signal samples and budget crossings', async () => {
