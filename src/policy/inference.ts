@@ -18,7 +18,11 @@ import { EXPIRED_WINDOW_MS, inferenceKeys as K, periodsAt } from './inference-ke
 
 /** Per-request token counts above this are refused (matches the RLS hits_addend bound). */
 export const MAX_TOKENS = 1_000_000_000;
-export const MAX_VALUE_LENGTH = 512;
+/**
+ * Longest entry value accepted. Generous on purpose: Envoy fails open on an RLS error, so anything a
+ * client can put in a header must get a decision, not INVALID_ARGUMENT.
+ */
+export const MAX_VALUE_LENGTH = 4096;
 /** A key slot is always taken (for lease-expiry signals) even when the tier sets no concurrency cap. */
 const UNLIMITED_SLOTS = 1_000_000_000;
 /** How long a reservation outlives its lease, so a late Debit still finds it (contract §3). */
@@ -170,12 +174,14 @@ export function parseInferenceRequest(
   return { llm, scopes, ...(usage ? { usage } : {}) };
 }
 
-/** Rejects descriptor hints the policy cannot honour (a tier it does not define). */
-export function checkHints(req: LlmRequest, policy: InferencePolicy): void {
-  if (req.tier !== undefined && !policy.tiers.has(req.tier)) {
-    throw invalid(req.at.tier!, `unknown tier "${req.tier.slice(0, 64)}"`);
-  }
-}
+/**
+ * Descriptor hints for unregistered keys. A tier the policy does not define is ignored (default
+ * tier), not refused: the tier comes from a client header, and a refusal would make Envoy fail open.
+ */
+export const hintsOf = (req: LlmRequest, policy: InferencePolicy): { account?: string; tier?: string } => ({
+  ...(req.account !== undefined ? { account: req.account } : {}),
+  ...(req.tier !== undefined && policy.tiers.has(req.tier) ? { tier: req.tier } : {}),
+});
 
 /** What each op of a decision is, for statuses, headers, bodies and events. */
 export interface OpMeta {

@@ -18,7 +18,7 @@ import { type Principal, resolveKey } from '../keys/resolve.js';
 import { registry } from '../metrics.js';
 import {
   type Admission,
-  checkHints,
+  hintsOf,
   type LlmRequest,
   type Outcome,
   type ParsedInference,
@@ -144,10 +144,9 @@ const emit = (
 async function streamDone(deps: Deps, policy: InferencePolicy, parsed: ParsedInference): Promise<Outcome> {
   const llm = parsed.llm!;
   const usage = parsed.usage!;
-  checkHints(llm, policy);
   if (llm.model === undefined)
     throw invalid(llm.at.usage!, 'a usage descriptor needs a model entry to be priced');
-  const p = resolveKey(llm.key, policy, deps.keys, { account: llm.account, tier: llm.tier });
+  const p = resolveKey(llm.key, policy, deps.keys, hintsOf(llm, policy));
   const kinds = Object.keys(usage).sort().join(',');
   await debit(
     deps,
@@ -183,8 +182,7 @@ export async function decideInference(
   if (!llm) return toResponse(allOk(parsed.scopes.length));
   if (parsed.usage) return toResponse(await streamDone(deps, policy, parsed));
 
-  checkHints(llm, policy);
-  const p = resolveKey(llm.key, policy, deps.keys, { account: llm.account, tier: llm.tier });
+  const p = resolveKey(llm.key, policy, deps.keys, hintsOf(llm, policy));
   const generated = llm.requestId === undefined ? randomUUID() : undefined;
   const requestId = llm.requestId ?? generated!;
 
