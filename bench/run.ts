@@ -283,7 +283,7 @@ const verdict = (
   const used = sides.reduce((s, x) => s + x[1], 0) + others;
   if (share >= 0.85) return `${name} (${Math.round(share * 100)}%)`;
   if (used >= NCPU * 0.9) return `machine (${used.toFixed(1)}/${NCPU} cores busy)`;
-  return `neither (max ${name} ${Math.round(share * 100)}%): latency-bound`;
+  return `nothing saturated (busiest: ${name} ${Math.round(share * 100)}%)`;
 };
 
 const runLoadgen = (spec: LoadSpec, onWindow: (phase: 'started' | 'measuring' | 'measured') => void) =>
