@@ -141,6 +141,22 @@ describe('the Dockerfile runs the README command with production dependencies on
     expect(exposed.sort()).toEqual([DEFAULTS.httpPort, DEFAULTS.port, DEFAULTS.metricsPort].sort());
   });
 
+  it('every package the server imports is a production dependency (the image has no others)', () => {
+    const deps = Object.keys((pkg as unknown as { dependencies: Record<string, string> }).dependencies);
+    const imported = new Set<string>();
+    for (const f of [...walk(at('src')), ...walk(at('gen'))].filter((f) => f.endsWith('.ts'))) {
+      // Type-only imports are erased by the build; they need no runtime package.
+      const text = readFileSync(f, 'utf8').replace(/(?:import|export)\s+type\s[^;]*;/g, '');
+      for (const m of text.matchAll(/(?:from|import\()\s*'([^'.][^']*)'/g)) {
+        const spec = m[1]!;
+        if (spec.startsWith('node:')) continue;
+        imported.add(spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0]!);
+      }
+    }
+    expect(imported.size).toBeGreaterThan(0);
+    for (const name of imported) expect(deps, name).toContain(name);
+  });
+
   it('Node base image of the major package.json engines names, in both stages', () => {
     const major = /(\d+)/.exec(pkg.engines.node)![1];
     const nodeArg = globalArgs.find((a) => a.text.startsWith('NODE_VERSION='));
