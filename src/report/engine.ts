@@ -122,12 +122,14 @@ export class SignalEngine {
    * counters (re-evaluating those keys on the all-instance figure), and forgets idle keys.
    */
   async flush(): Promise<void> {
-    const batches = [...this.totals];
+    const writes = [...this.totals].map(([start, byKey]) => this.store.addTotals(start, [...byKey.values()]));
     this.totals.clear();
-    const shared = this.counter ? this.flushShared(this.counter) : Promise.resolve();
-    for (const [start, byKey] of batches) await this.store.addTotals(start, [...byKey.values()]);
-    await shared;
-    this.sweep();
+    if (this.counter) writes.push(this.flushShared(this.counter));
+    try {
+      await Promise.all(writes);
+    } finally {
+      this.sweep();
+    }
   }
 
   private async flushShared(counter: SharedCounter): Promise<void> {
