@@ -215,6 +215,17 @@ describe('ReportService over gRPC', () => {
     expect(got).toHaveLength(1);
     ac.abort();
     await reading;
+
+    const u = await report.getKeyUsage({ key: 'spender', model: 'm1' }, AUTH);
+    expect(u.monthSpendMicros).toBe(900_020n);
+    expect(u.monthTokens).toBe(900_020n);
+    expect(u.limits.find((l) => l.metric === 'monthly_spend')).toMatchObject({
+      scope: 'key',
+      limit: 1_000_000n,
+      used: 900_020n,
+      remaining: 99_980n,
+      reset: BigInt(Date.UTC(2026, 11, 1) / 1000),
+    });
   });
 
   it('reviews a flag through AdminService and filters by state', async () => {
