@@ -3,9 +3,7 @@ import { toBinary } from '@bufbuild/protobuf';
 import { FileDescriptorProtoSchema } from '@bufbuild/protobuf/wkt';
 import type { Server } from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
-import { service as healthService } from 'grpc-health-check';
-
-const HEALTH_SERVICE = 'grpc.health.v1.Health';
+import { Health } from '../../gen/grpc/health/v1/health_pb.js';
 
 /** Each file once, dependencies included (google/protobuf well-known types too). */
 const collectFiles = (services: DescService[]): DescFile[] => {
@@ -23,15 +21,14 @@ const collectFiles = (services: DescService[]): DescFile[] => {
  * Mounts grpc.reflection (v1 and v1alpha) describing the mounted services and health, so grpcurl
  * can list and describe them. @grpc/reflection reads only `fileDescriptorProtos` from each entry of a
  * proto-loader package definition, so the protobuf-es descriptors are serialized into that shape.
+ * Health is described from its generated file: proto-loader's own descriptor of it names map entries
+ * in a way other reflection clients (grpcurl) reject.
  */
 export const addReflection = (server: Server, services: DescService[]): void => {
-  const files = collectFiles(services).map((f) => Buffer.from(toBinary(FileDescriptorProtoSchema, f.proto)));
-  const healthFiles = healthService.Check?.requestType.fileDescriptorProtos ?? [];
-  const pkg = {
-    ratekeeper: { fileDescriptorProtos: files },
-    [HEALTH_SERVICE]: { fileDescriptorProtos: healthFiles },
-  };
+  const described = [...services, Health];
+  const files = collectFiles(described).map((f) => Buffer.from(toBinary(FileDescriptorProtoSchema, f.proto)));
+  const pkg = { ratekeeper: { fileDescriptorProtos: files } };
   new ReflectionService(pkg as unknown as ConstructorParameters<typeof ReflectionService>[0], {
-    services: [...services.map((s) => s.typeName), HEALTH_SERVICE],
+    services: described.map((s) => s.typeName),
   }).addToServer(server);
 };

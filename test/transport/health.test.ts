@@ -1,12 +1,15 @@
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { fromBinary } from '@bufbuild/protobuf';
-import { FileDescriptorProtoSchema } from '@bufbuild/protobuf/wkt';
+import { create, createFileRegistry, fromBinary } from '@bufbuild/protobuf';
+import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import { service as healthService } from 'grpc-health-check';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { RateLimitService } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import {
+  HealthCheckResponse_ServingStatus,
+  Health as HealthService,
+} from '../../gen/grpc/health/v1/health_pb.js';
 import { createLogger } from '../../src/log.js';
 import { startGrpc } from '../../src/transport/grpc.js';
 import { Health } from '../../src/transport/health.js';
@@ -15,19 +18,13 @@ import { startTestServer, type TestServer } from '../harness/server.js';
 import { gatedStore, switchableStore } from '../harness/stores.js';
 
 const RLS = 'envoy.service.ratelimit.v3.RateLimitService';
-const HealthClient = grpc.makeGenericClientConstructor(healthService, 'Health');
-type HealthReply = { status: string };
+const STATUS = HealthCheckResponse_ServingStatus;
 
+/** grpc.health.v1 through the generated types, as any gRPC client (or a Kubernetes probe) calls it. */
 const healthClient = (address: string) => {
-  const c = new HealthClient(address, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
-    check(req: { service: string }, cb: (err: grpc.ServiceError | null, res: HealthReply) => void): void;
-    watch(req: { service: string }): grpc.ClientReadableStream<HealthReply>;
-  };
+  const c = grpcClient(HealthService, address);
   return {
-    check: (service = '') =>
-      new Promise<HealthReply>((resolve, reject) =>
-        c.check({ service }, (e, r) => (e ? reject(e) : resolve(r))),
-      ),
+    check: async (service = '') => (await c.check({ service })).status,
     watch: (service = '') => c.watch({ service }),
     close: () => c.close(),
   };
@@ -63,18 +60,18 @@ describe('grpc.health.v1.Health', () => {
     cleanup.push(() => grpcT.shutdown(1000));
     const hc = healthClient(`127.0.0.1:${grpcT.port}`);
     cleanup.push(() => hc.close());
-    expect((await hc.check()).status).toBe('NOT_SERVING');
+    expect(await hc.check()).toBe(STATUS.NOT_SERVING);
     health.set(true);
-    expect((await hc.check()).status).toBe('SERVING');
-    expect((await hc.check(RLS)).status).toBe('SERVING');
+    expect(await hc.check()).toBe(STATUS.SERVING);
+    expect(await hc.check(RLS)).toBe(STATUS.SERVING);
   });
 
   it('answers SERVING once started, per service too, and NOT_FOUND for an unknown service', async () => {
     const srv = await started();
     const hc = healthClient(srv.grpcAddress);
     cleanup.push(() => hc.close());
-    expect((await hc.check()).status).toBe('SERVING');
-    expect((await hc.check(RLS)).status).toBe('SERVING');
+    expect(await hc.check()).toBe(STATUS.SERVING);
+    expect(await hc.check(RLS)).toBe(STATUS.SERVING);
     await expect(hc.check('no.such.Service')).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
     const res = await fetch(`${srv.httpUrl}/healthz`);
     expect(res.status).toBe(200);
@@ -90,11 +87,12 @@ describe('grpc.health.v1.Health', () => {
       () => rls.close(),
     );
 
-    const seen: string[] = [];
-    const watch = hc.watch();
-    const ended = new Promise<grpc.StatusObject>((resolve) => watch.on('status', resolve));
-    watch.on('data', (r: HealthReply) => seen.push(r.status));
-    await vi.waitFor(() => expect(seen).toEqual(['SERVING']));
+    const seen: HealthCheckResponse_ServingStatus[] = [];
+    // Ends without error when the server ends the stream with OK.
+    const watching = (async () => {
+      for await (const r of hc.watch()) seen.push(r.status);
+    })();
+    await vi.waitFor(() => expect(seen).toEqual([STATUS.SERVING]));
 
     const inFlight = rls.shouldRateLimit({
       domain: 'd',
@@ -102,8 +100,8 @@ describe('grpc.health.v1.Health', () => {
     });
     await gated.waiting();
     const stopping = srv.server.stop();
-    await vi.waitFor(() => expect(seen).toEqual(['SERVING', 'NOT_SERVING']));
-    expect((await ended).code).toBe(grpc.status.OK);
+    await vi.waitFor(() => expect(seen).toEqual([STATUS.SERVING, STATUS.NOT_SERVING]));
+    await watching;
     expect(srv.server.health.serving).toBe(false);
 
     gated.open();
@@ -117,12 +115,12 @@ describe('grpc.health.v1.Health', () => {
     const srv = await started({ store: sw.store, settings: { failureMode: 'closed' } });
     const hc = healthClient(srv.grpcAddress);
     cleanup.push(() => hc.close());
-    expect((await hc.check()).status).toBe('SERVING');
+    expect(await hc.check()).toBe(STATUS.SERVING);
     sw.setHealthy(false);
-    await vi.waitFor(async () => expect((await hc.check()).status).toBe('NOT_SERVING'), { timeout: 5000 });
+    await vi.waitFor(async () => expect(await hc.check()).toBe(STATUS.NOT_SERVING), { timeout: 5000 });
     expect((await fetch(`${srv.httpUrl}/healthz`)).status).toBe(503);
     sw.setHealthy(true);
-    await vi.waitFor(async () => expect((await hc.check()).status).toBe('SERVING'), { timeout: 5000 });
+    await vi.waitFor(async () => expect(await hc.check()).toBe(STATUS.SERVING), { timeout: 5000 });
     expect((await fetch(`${srv.httpUrl}/healthz`)).status).toBe(200);
   });
 
@@ -193,5 +191,24 @@ describe('server reflection', () => {
     const names = files.map((f) => f.name);
     expect(names).toContain('envoy/extensions/common/ratelimit/v3/ratelimit.proto');
     expect(names).toContain('google/protobuf/duration.proto');
+  });
+
+  it('describes Health with descriptors strict clients accept (map entries named as protoc does)', async () => {
+    const srv = await started();
+    const reply = await ask(srv.grpcAddress, { file_containing_symbol: 'grpc.health.v1.Health' });
+    const set = create(FileDescriptorSetSchema, {
+      file: (reply.file_descriptor_response?.file_descriptor_proto ?? []).map((b) =>
+        fromBinary(FileDescriptorProtoSchema, b),
+      ),
+    });
+    const registry = createFileRegistry(set);
+    expect(registry.getService('grpc.health.v1.Health')?.methods.map((m) => m.name)).toEqual([
+      'Check',
+      'Watch',
+      'List',
+    ]);
+    const list = registry.getMessage('grpc.health.v1.HealthListResponse');
+    expect(list?.fields[0]?.fieldKind).toBe('map');
+    expect(set.file[0]?.messageType[1]?.nestedType[0]?.name).toBe('StatusesEntry');
   });
 });
