@@ -191,9 +191,15 @@ export class SignalEngine {
     // Late events (another instance's clock read a little earlier) land in the bucket they belong to.
     if (last && last.start > start) return s.buckets.find((b) => b.start === start) ?? last;
     const b = emptyBucket(start);
+    // Shares matter for the share windows only; older buckets stay while they hold counts.
+    const shares = atMs - shareRetentionMs(cfg);
+    const counts = atMs - retentionMs(cfg);
+    s.buckets = s.buckets.filter(
+      (x) =>
+        x.start + cfg.bucketMs > shares ||
+        (x.start + cfg.bucketMs > counts && x.expired + x.earlyRetries > 0),
+    );
     s.buckets.push(b);
-    const keep = retentionMs(cfg);
-    while (s.buckets.length > 0 && s.buckets[0]!.start + cfg.bucketMs <= atMs - keep) s.buckets.shift();
     return b;
   }
 
@@ -356,6 +362,9 @@ export class SignalEngine {
     for (const [id, until] of this.crossings) if (until < newest) this.crossings.delete(id);
   }
 }
+
+const shareRetentionMs = (cfg: SignalSettings): number =>
+  Math.max(cfg.requestRate.windowMs, cfg.tokenRate.windowMs, cfg.limitSplitting.windowMs) + cfg.bucketMs;
 
 const retentionMs = (cfg: SignalSettings): number =>
   Math.max(
