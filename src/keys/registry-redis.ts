@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { Cluster, type Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { RkError } from '../errors.js';
@@ -87,7 +87,7 @@ export interface RedisRegistryOptions {
   now?: () => number;
   /** Safety-net resync period: compares versions and reloads on a difference. */
   resyncMs?: number;
-  /** How long a write waits for its own change notification before resyncing directly. */
+  /** How long a write waits for every live instance to confirm it before returning anyway. */
   notifyTimeoutMs?: number;
   auditMax?: number;
   /** Deadline of the registry's own Redis commands (default 2000). */
@@ -107,12 +107,28 @@ interface ChangeMessage {
  * Keys managed in Redis and mirrored into every instance's memory. Changes reach other instances
  * by pub/sub (the record travels in the message); a gap in versions, a reconnect, or the periodic
  * version check triggers a full reload, so a lost message costs at most one resync period.
+ * Instances heartbeat into a live set and acknowledge each version they apply; a write returns
+ * once every live instance has acknowledged it (bounded by notifyTimeoutMs), so the change is in
+ * force on every instance's next request.
  */
 export class RedisKeyRegistry implements KeyRegistry {
   private readonly view = new KeyView();
   private readonly client: Redis | Cluster;
   private readonly sub: Redis | Cluster;
-  private readonly k: { rec: string; hash: string; ver: string; audit: string; channel: string };
+  private readonly k: {
+    rec: string;
+    hash: string;
+    ver: string;
+    audit: string;
+    live: string;
+    channel: string;
+    acks: string;
+  };
+  /** This instance in the live set and in its acknowledgements. */
+  private readonly instanceId = randomUUID();
+  /** Highest version each instance has confirmed applying. */
+  private readonly acks = new Map<string, number>();
+  private readonly staleMs: number;
   /** Cluster: sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7); standalone: plain pub/sub. */
   private readonly sharded: boolean;
   private readonly now: () => number;
@@ -120,7 +136,7 @@ export class RedisKeyRegistry implements KeyRegistry {
   private readonly auditMax: number;
   private readonly log: Logger | undefined;
   private readonly timer: NodeJS.Timeout;
-  private waiters: { v: number; resolve: () => void }[] = [];
+  private waiters: { done: () => boolean; resolve: () => void }[] = [];
   private resyncing: Promise<boolean> | undefined;
   private resyncAgain = false;
   private closed = false;
@@ -128,7 +144,15 @@ export class RedisKeyRegistry implements KeyRegistry {
   private constructor(opts: RedisRegistryOptions) {
     const p = `${opts.prefix ?? 'rk:'}{keys}:`;
     this.sharded = opts.client instanceof Cluster;
-    this.k = { rec: `${p}rec`, hash: `${p}hash`, ver: `${p}ver`, audit: `${p}audit`, channel: `${p}changes` };
+    this.k = {
+      rec: `${p}rec`,
+      hash: `${p}hash`,
+      ver: `${p}ver`,
+      audit: `${p}audit`,
+      live: `${p}live`,
+      channel: `${p}changes`,
+      acks: `${p}acks`,
+    };
     // Its own command connection: admin writes and full reloads (HGETALL of every key) may take
     // longer than the hot-path store's deadline, and must not queue behind its decisions.
     const commandTimeout = opts.commandTimeoutMs ?? 2000;
@@ -155,14 +179,19 @@ export class RedisKeyRegistry implements KeyRegistry {
             redisOptions: { ...opts.client.options.redisOptions, commandTimeout: undefined },
           })
         : opts.client.duplicate({ enableOfflineQueue: true, commandTimeout: undefined });
-    this.sub.on('message', (_channel: string, message: string) => this.onMessage(message));
-    this.sub.on('smessage', (_channel: string, message: string) => this.onMessage(message));
+    const route = (channel: string, message: string) =>
+      channel === this.k.acks ? this.onAck(message) : this.onMessage(message);
+    this.sub.on('message', route);
+    this.sub.on('smessage', route);
     // Messages sent while the subscriber was away are lost: reload after every (re)connection.
     this.sub.on('ready', () => this.resync());
     this.sub.on('error', (err: Error) =>
       this.log?.warn({ err: err.message }, 'key registry subscriber error'),
     );
-    this.timer = setInterval(() => void this.check(), opts.resyncMs ?? 5000);
+    const resyncMs = opts.resyncMs ?? 5000;
+    // An instance that stopped heartbeating for three periods no longer holds up writes.
+    this.staleMs = 3 * resyncMs;
+    this.timer = setInterval(() => void this.check(), resyncMs);
     this.timer.unref();
   }
 
@@ -175,7 +204,9 @@ export class RedisKeyRegistry implements KeyRegistry {
     const reg = new RedisKeyRegistry(opts);
     const deadline = Date.now() + (opts.startTimeoutMs ?? 5000);
     const subscribed = (
-      reg.sharded ? reg.sub.ssubscribe(reg.k.channel) : reg.sub.subscribe(reg.k.channel)
+      reg.sharded
+        ? reg.sub.ssubscribe(reg.k.channel, reg.k.acks)
+        : reg.sub.subscribe(reg.k.channel, reg.k.acks)
     ).then(
       () => true,
       (err: Error) => {
@@ -194,6 +225,7 @@ export class RedisKeyRegistry implements KeyRegistry {
     while (!(await reg.resync()) && Date.now() < deadline && !reg.closed) {
       await new Promise((r) => setTimeout(r, 100));
     }
+    await reg.heartbeat();
     return reg;
   }
 
@@ -255,7 +287,7 @@ export class RedisKeyRegistry implements KeyRegistry {
       if (res[0] === 'conflict') continue;
       if (res[0] === 'hash_taken') throw new RkError('ALREADY_EXISTS', 'key hash already registered');
       const version = Number(res[1]);
-      await this.applied(version);
+      await this.confirmed(version);
       return { before, after, version };
     }
     throw new RkError('UNAVAILABLE', `key ${id} is being changed concurrently; retry`);
@@ -298,6 +330,7 @@ export class RedisKeyRegistry implements KeyRegistry {
     clearInterval(this.timer);
     for (const w of this.waiters) w.resolve();
     this.waiters = [];
+    await this.client.hdel(this.k.live, this.instanceId).catch(() => {});
     this.sub.disconnect();
     this.client.disconnect();
   }
@@ -317,6 +350,27 @@ export class RedisKeyRegistry implements KeyRegistry {
       return;
     }
     this.view.apply(msg.id, msg.rec ?? undefined, msg.v);
+    this.changed();
+  }
+
+  /** `<instance> <version>`: that instance has applied everything up to version. */
+  private onAck(message: string): void {
+    const [id, v] = message.split(' ');
+    const version = Number(v);
+    if (!id || !Number.isFinite(version)) return;
+    if (version > (this.acks.get(id) ?? -1)) this.acks.set(id, version);
+    this.wake();
+  }
+
+  /** The directory moved to a new version: confirm it to the writers, wake local waiters. */
+  private changed(): void {
+    const v = this.view.version;
+    this.acks.set(this.instanceId, v);
+    const message = `${this.instanceId} ${v}`;
+    const sent = this.sharded
+      ? this.client.spublish(this.k.acks, message)
+      : this.client.publish(this.k.acks, message);
+    sent.catch(() => {});
     this.wake();
   }
 
@@ -344,7 +398,7 @@ export class RedisKeyRegistry implements KeyRegistry {
           for (let i = 1; i < flat.length; i += 2) records.push(JSON.parse(flat[i]!) as StoredKey);
           // The snapshot is authoritative, even below the view's version (Redis was flushed).
           this.view.replace(records, Number(ver));
-          this.wake();
+          this.changed();
         } while (this.resyncAgain && !this.closed);
         return true;
       } catch (err) {
@@ -361,36 +415,75 @@ export class RedisKeyRegistry implements KeyRegistry {
     try {
       const ver = Number((await this.client.get(this.k.ver)) ?? '0');
       if (ver !== this.view.version) await this.resync();
+      await this.heartbeat();
     } catch (err) {
       this.log?.warn({ err: (err as Error).message }, 'key registry version check failed');
     }
   }
 
-  /**
-   * Waits until this instance's directory has applied `version` through its own subscription.
-   * Redis hands a published message to every subscriber at once, so when it has reached this
-   * instance it is already on its way to the others.
-   */
-  private async applied(version: number): Promise<void> {
-    if (this.view.version >= version) return;
-    let timer: NodeJS.Timeout | undefined;
-    const reached = new Promise<boolean>((resolve) => {
-      this.waiters.push({ v: version, resolve: () => resolve(true) });
-      timer = setTimeout(() => resolve(false), this.notifyTimeoutMs);
-    });
-    const ok = await reached;
-    clearTimeout(timer);
-    if (!ok) {
-      this.log?.warn({ version }, 'key registry: change notification late; resyncing');
-      await this.resync();
+  /** Marks this instance live, and forgets instances that stopped heartbeating. */
+  private async heartbeat(): Promise<void> {
+    try {
+      await this.client.hset(this.k.live, this.instanceId, String(Date.now()));
+      const live = await this.liveInstances();
+      for (const id of this.acks.keys()) if (!live.includes(id)) this.acks.delete(id);
+    } catch (err) {
+      this.log?.warn({ err: (err as Error).message }, 'key registry heartbeat failed');
     }
   }
 
+  private async liveInstances(): Promise<string[]> {
+    const all = await this.client.hgetall(this.k.live);
+    const cutoff = Date.now() - this.staleMs;
+    const stale = Object.keys(all).filter((id) => Number(all[id]) < cutoff);
+    if (stale.length > 0) await this.client.hdel(this.k.live, ...stale);
+    return Object.keys(all).filter((id) => Number(all[id]) >= cutoff);
+  }
+
+  /**
+   * Waits until every live instance (this one included) has confirmed applying `version`, so a
+   * change is in force everywhere when the admin call returns; at most notifyTimeoutMs, after which
+   * the write stands and the late instances catch up by themselves (an instance that is down
+   * resyncs when it returns; this one resyncs at once if it was the late one).
+   */
+  private async confirmed(version: number): Promise<void> {
+    let live: string[];
+    try {
+      live = await this.liveInstances();
+    } catch {
+      live = [];
+    }
+    if (!live.includes(this.instanceId)) live.push(this.instanceId);
+    const late = () => live.filter((id) => (this.acks.get(id) ?? -1) < version);
+    const done = () => late().length === 0;
+    if (done()) return;
+    const ok = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        resolve(false);
+      }, this.notifyTimeoutMs);
+      const waiter = {
+        done,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve(true);
+        },
+      };
+      this.waiters.push(waiter);
+    });
+    if (ok || this.closed) return;
+    const missing = late();
+    this.log?.warn(
+      { version, late: missing.length, live: live.length },
+      'key registry: change not confirmed by every instance in time',
+    );
+    if (missing.includes(this.instanceId)) await this.resync();
+  }
+
   private wake(): void {
-    const v = this.view.version;
-    const due = this.waiters.filter((w) => w.v <= v);
+    const due = this.waiters.filter((w) => w.done());
     if (due.length === 0) return;
-    this.waiters = this.waiters.filter((w) => w.v > v);
+    this.waiters = this.waiters.filter((w) => !due.includes(w));
     for (const w of due) w.resolve();
   }
 

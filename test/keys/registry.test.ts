@@ -272,6 +272,8 @@ describe.each([
       fromStart.push(t2 - t0);
     }
     expect(b.byId('k')?.name).toBe('199');
+    // Every live instance confirms a change before the write returns.
+    expect(immediate).toBe(200);
     console.log(
       `[${_name}] propagation A→B over 200 writes: write start→applied on B p50 ${pct(fromStart, 0.5).toFixed(2)} ms, ` +
         `p99 ${pct(fromStart, 0.99).toFixed(2)} ms; already applied on B when A's write returned: ${immediate}/200; ` +
@@ -296,6 +298,22 @@ describe.each([
     await raw.incr(`${prefix}{keys}:ver`);
     await until(() => a.byHash('hg')?.disabled === true);
     await a.close();
+  });
+
+  it('an instance that stopped confirming holds a write up at most notifyTimeoutMs; stale ones are forgotten', async () => {
+    const prefix = `rk:t${++n}:`;
+    const raw = clientOf();
+    await readyWithin(raw, 5000);
+    const live = `${prefix}{keys}:live`;
+    await raw.hset(live, 'crashed', String(Date.now()), 'long-gone', String(Date.now() - 3_600_000));
+    const a = await RedisKeyRegistry.open({ client: clientOf(), prefix, notifyTimeoutMs: 50 });
+    const res = await a.write('k', create({ id: 'k' }), who('create'));
+    expect(res.after).toEqual({ id: 'k' });
+    expect(a.byId('k')).toEqual({ id: 'k' });
+    expect(await raw.hexists(live, 'long-gone')).toBe(0);
+    expect(await raw.hexists(live, 'crashed')).toBe(1);
+    await a.close();
+    expect(await raw.hlen(live)).toBe(1);
   });
 
   it('resyncs on a version gap in the notifications', async () => {
