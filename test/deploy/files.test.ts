@@ -541,8 +541,14 @@ describe('docker-compose wires the same names and ports as envoy.yaml', () => {
     }
     const build = get(services, 'ratekeeper', 'build');
     expect(existsSync(join(dir, String(get(build, 'context')), String(get(build, 'dockerfile'))))).toBe(true);
-    const tag = /^envoyproxy\/envoy:v1\.(\d+)/.exec(String(get(services, 'envoy', 'image')));
-    expect(Number(tag?.[1])).toBeGreaterThanOrEqual(33);
+    // A release with the CVE-2026-26330 fix: a `-latest` line from 1.34 on, or a fixed patch.
+    const FIXED: Record<number, number> = { 34: 13, 35: 8, 36: 5, 37: 1 };
+    const tag = /^envoyproxy\/envoy:v1\.(\d+)(?:-latest|\.(\d+))$/.exec(
+      String(get(services, 'envoy', 'image')),
+    );
+    const minor = Number(tag?.[1]);
+    expect(minor).toBeGreaterThanOrEqual(34);
+    if (tag?.[2] !== undefined && minor <= 37) expect(Number(tag[2])).toBeGreaterThanOrEqual(FIXED[minor]!);
     expect(get(services, 'envoy', 'volumes')).toContain('../envoy/envoy.yaml:/etc/envoy/envoy.yaml:ro');
     expect(get(services, 'ratekeeper', 'ports')).toEqual(
       [DEFAULTS.port, DEFAULTS.httpPort, DEFAULTS.metricsPort].map((p) => `${p}:${p}`),
