@@ -317,7 +317,18 @@ describe('redis cluster store', () => {
       win('{a}:y', 5, 6),
       win('{b}:z', 5),
     ];
-    const r = await s.store.decide({ ops, atomic: false });
+    // All three scripts are issued before any reply can arrive (none waits for another).
+    const client = s.redis as unknown as { evalsha: (...args: unknown[]) => Promise<unknown> };
+    const evalsha = client.evalsha.bind(client);
+    let issued = 0;
+    client.evalsha = (...args) => {
+      issued++;
+      return evalsha(...args);
+    };
+    const pending = s.store.decide({ ops, atomic: false });
+    expect(issued).toBe(3);
+    const r = await pending;
+    client.evalsha = evalsha;
     expect(r.admitted).toBe(false);
     expect(r.denied).toBe(-1);
     expect(r.states.map((st) => st.ok)).toEqual([true, false, true, false, true]);
