@@ -95,6 +95,10 @@ export class RedisStore implements LimiterStore {
 
   async decide(d: Decision): Promise<DecisionResult> {
     const { ops } = d;
+    // Nothing to check or record (e.g. no descriptor matched a rule): no round trip.
+    if (ops.length === 0 && (!d.reservation || d.dryRun)) {
+      return { admitted: true, denied: -1, states: [], nowMs: this.now(), expiredLeases: 0 };
+    }
     if (this.isCluster && !d.reservation) {
       const groups = this.groupBySlot(ops);
       if (groups.size > 1) {
