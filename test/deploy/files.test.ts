@@ -493,6 +493,21 @@ describe('Kubernetes agrees with the server', () => {
     }
   });
 
+  it('the autoscaler owns this Deployment’s replica count, never below what the PDB needs', () => {
+    const hpa = k8sDoc('hpa.yaml', 'HorizontalPodAutoscaler');
+    expect(get(hpa, 'spec', 'scaleTargetRef')).toMatchObject({
+      kind: 'Deployment',
+      name: get(deployment, 'metadata', 'name'),
+    });
+    const min = Number(get(hpa, 'spec', 'minReplicas'));
+    // The autoscaler owns the count: a Deployment replicas field would reset it on every apply.
+    expect(get(deployment, 'spec')).not.toHaveProperty('replicas');
+    const maxUnavailable = Number(get(k8sDoc('pdb.yaml', 'PodDisruptionBudget'), 'spec', 'maxUnavailable'));
+    expect(min - maxUnavailable).toBeGreaterThanOrEqual(2);
+    // CPU utilisation is relative to the request, which must be set.
+    expect(get(container, 'resources', 'requests', 'cpu')).toBeDefined();
+  });
+
   it('kustomization applies every manifest except the example Secret', () => {
     const k = yamlDocs(at('deploy', 'kubernetes', 'kustomization.yaml'))[0];
     const files = readdirSync(at('deploy', 'kubernetes')).filter(
