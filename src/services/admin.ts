@@ -312,6 +312,14 @@ export const adminBinding = (deps: Deps): ServiceBinding => {
           if (set[cap[1]] !== undefined) throw invalid(`clear_caps[${i}]`, `"${name}" is also set in caps`);
           return cap[1];
         });
+        const nothing =
+          req.tier === undefined &&
+          req.account === undefined &&
+          req.name === undefined &&
+          Object.keys(set).length === 0;
+        if (nothing && clear.length === 0) {
+          throw invalid('caps', 'nothing to update: give tier, account, name, caps or clear_caps');
+        }
         return overlay(ctx, id, 'update', (rec) => {
           const caps: KeyCaps = { ...rec.caps, ...set };
           for (const c of clear) delete caps[c];

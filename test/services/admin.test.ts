@@ -190,6 +190,7 @@ describe('AdminService keys', () => {
     expect((await code(admin.updateKey({ id: 'nope', tier: 'pro' }))).code).toBe(status.NOT_FOUND);
     const cases: [Parameters<typeof admin.updateKey>[0], RegExp][] = [
       [{ id: '' }, /^id: required/],
+      [{ id: 'k' }, /^caps: nothing to update/],
       [{ id: 'k', tier: 'pro', caps: { monthlyTokens: -5n } }, /^caps\.monthly_tokens: must be >= 0/],
       [{ id: 'k', tier: 'gold' }, /^tier: unknown tier/],
       [{ id: 'k', account: '' }, /^account: letters/],
