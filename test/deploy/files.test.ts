@@ -479,8 +479,10 @@ describe('Kubernetes agrees with the server', () => {
 
     const data = get(cm, 'data') as Record<string, string>;
     const shipped = walk(at('config')).filter((f) => /\.ya?ml$/.test(f));
-    expect(Object.keys(data).sort()).toEqual(shipped.map((f) => basename(f)).sort());
-    for (const f of shipped) expect(data[basename(f)], relative(ROOT, f)).toBe(readFileSync(f, 'utf8'));
+    const hint = 'out of date: node deploy/kubernetes/sync-configmap.mjs';
+    expect(Object.keys(data).sort(), hint).toEqual(shipped.map((f) => basename(f)).sort());
+    for (const f of shipped)
+      expect(data[basename(f)], `${relative(ROOT, f)} ${hint}`).toBe(readFileSync(f, 'utf8'));
 
     const dir = await mkdtemp(join(tmpdir(), 'rk-configmap-'));
     try {
