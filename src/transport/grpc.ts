@@ -1,4 +1,12 @@
-import { type DescMethod, type DescService, fromBinary, type Message, toBinary } from '@bufbuild/protobuf';
+import {
+  create,
+  type DescMethod,
+  type DescService,
+  fromBinary,
+  isMessage,
+  type Message,
+  toBinary,
+} from '@bufbuild/protobuf';
 import {
   type MethodDefinition,
   Server,
@@ -43,7 +51,14 @@ export const grpcServiceDefinition = (service: DescService): ServiceDefinition =
       originalName: m.localName,
       requestSerialize: (msg) => asBuffer(toBinary(m.input, msg as Message)),
       requestDeserialize: (buf) => fromBinary(m.input, buf),
-      responseSerialize: (msg) => asBuffer(toBinary(m.output, msg as Message)),
+      // Handlers may answer with an init shape (as Connect allows): complete it into a message.
+      responseSerialize: (msg) =>
+        asBuffer(
+          toBinary(
+            m.output,
+            isMessage(msg, m.output) ? msg : create(m.output, msg as Record<string, unknown>),
+          ),
+        ),
       responseDeserialize: (buf) => fromBinary(m.output, buf),
     };
   }
