@@ -36,7 +36,6 @@ describe('memory store bounds', () => {
     }
     expect(store.size()).toBe(1_000_000);
     const grown = heapAfterGc() - before;
-    console.log(`1M windows: ${Math.round(grown / 1048576)} MB`);
     expect(grown).toBeLessThan(500 * 1024 * 1024);
     expect(grown).toBeGreaterThan(0);
 
