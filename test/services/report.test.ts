@@ -308,6 +308,83 @@ describe('ReportService over gRPC', () => {
   });
 });
 
+describe('two instances on one Redis', () => {
+  it('send a crossing once, to a subscriber on the other instance', async () => {
+    const id = `spender-${process.pid}-${Date.now()}`;
+    const policy = POLICY.replace(
+      '\nsignals:',
+      `\n  - { id: ${id}, account: ${id}, monthly_spend_usd: 1.00 }\nsignals:`,
+    );
+    const start = () =>
+      startTestServer({ files: { 'policy.yaml': policy }, settings: { redisUrl: inject('redisUrl') } });
+    const [a, b] = await Promise.all([start(), start()]);
+    const clients = [a, b].map((s) => ({
+      rls: grpcClient(RateLimitService, s.grpcAddress),
+      usage: grpcClient(UsageService, s.grpcAddress),
+      report: grpcClient(ReportService, s.grpcAddress),
+    }));
+    try {
+      const ac = new AbortController();
+      const got: Alert[] = [];
+      const reading = (async () => {
+        try {
+          for await (const x of clients[1]!.report.watchAlerts(
+            { account: id },
+            { ...AUTH, signal: ac.signal },
+          ))
+            got.push(x);
+        } catch (err) {
+          if ((err as GrpcError).code !== grpc.status.CANCELLED) throw err;
+        }
+      })();
+      const bReport = b.server.deps.report!;
+      await expect.poll(() => (bReport.store as unknown as { subscribers: number }).subscribers).toBe(1);
+      await (bReport.store as unknown as { subscribed(): Promise<void> }).subscribed();
+
+      let n = 0;
+      const spend = async (via: (typeof clients)[number], tokens: number) => {
+        const requestId = `${id}-${++n}`;
+        await via.rls.shouldRateLimit({
+          domain: 'inference',
+          descriptors: [d({ key: id, model: 'm1', request_id: requestId })],
+        });
+        await via.usage.debit({ requestId, key: id, model: 'm1', tokensIn: 0n, tokensOut: BigInt(tokens) });
+      };
+      await spend(clients[0]!, 850_000);
+      await a.server.deps.report!.engine.idle();
+      await spend(clients[1]!, 50_000);
+      await bReport.engine.idle();
+      await expect.poll(() => got.length).toBe(1);
+      expect(got[0]!.kind.value).toMatchObject({
+        key: id,
+        metric: 'monthly_spend',
+        share: 0.8,
+        used: 850_000n,
+      });
+      // B's own debit (90%) found the crossing claimed: nothing more arrives after a later alert.
+      await a.server.deps.report!.store.publish({
+        atMs: Date.now(),
+        crossing: {
+          key: id,
+          account: id,
+          metric: 'monthly_tokens',
+          share: 1,
+          used: 1,
+          limit: 1,
+          period: 'marker',
+        },
+      });
+      await expect.poll(() => got.length).toBe(2);
+      expect(got[1]!.kind.value).toMatchObject({ period: 'marker' });
+      ac.abort();
+      await reading;
+    } finally {
+      for (const c of clients) for (const x of Object.values(c)) x.close();
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  });
+});
+
 describe('flags on Redis', () => {
   it('survive a server restart', async () => {
     const start = () =>
