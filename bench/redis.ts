@@ -45,12 +45,19 @@ export const startRedis = async (): Promise<BenchRedis> => {
   };
 };
 
-/** Calls per command name (INFO commandstats), counting commands run inside scripts too. */
-export const commandStats = async (admin: Redis): Promise<Map<string, number>> => {
+export interface CommandStat {
+  calls: number;
+  /** Time Redis spent in the command; a script's includes the commands it ran. */
+  usec: number;
+}
+
+/** Per command name (INFO commandstats), counting commands run inside scripts too. */
+export const commandStats = async (admin: Redis): Promise<Map<string, CommandStat>> => {
   const info = await admin.info('commandstats');
-  const calls = new Map<string, number>();
-  for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls.set(m[1] as string, Number(m[2]));
-  return calls;
+  const stats = new Map<string, CommandStat>();
+  for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/gm))
+    stats.set(m[1] as string, { calls: Number(m[2]), usec: Number(m[3]) });
+  return stats;
 };
 
 /** The bench's own INFO / CONFIG / MONITOR traffic is not the server's. */
@@ -66,15 +73,18 @@ const OWN = new Set([
 ]);
 
 export const diffStats = (
-  before: Map<string, number>,
-  after: Map<string, number>,
-): Record<string, number> => {
-  const d: Record<string, number> = {};
+  before: Map<string, CommandStat>,
+  after: Map<string, CommandStat>,
+): { calls: Record<string, number>; usec: Record<string, number> } => {
+  const calls: Record<string, number> = {};
+  const usec: Record<string, number> = {};
   for (const [k, v] of after) {
-    const delta = v - (before.get(k) ?? 0);
-    if (delta > 0 && !OWN.has(k)) d[k] = delta;
+    const delta = v.calls - (before.get(k)?.calls ?? 0);
+    if (delta <= 0 || OWN.has(k)) continue;
+    calls[k] = delta;
+    usec[k] = v.usec - (before.get(k)?.usec ?? 0);
   }
-  return d;
+  return { calls, usec };
 };
 
 /** What MONITOR saw for a moment: per command, how often a client sent it vs a script ran it. */
@@ -154,8 +164,9 @@ export const sampleMonitor = (port: number, ms: number): Promise<MonitorSample> 
   });
 
 /**
- * Round trips (commands a client sent) in a commandstats delta: a command the sample saw only inside
- * scripts is not one; one seen both ways counts by the share the sample saw from clients.
+ * The part of a per-command quantity (calls, usec) due to commands a client sent (round trips): a
+ * command the sample saw only inside scripts is not one; one seen both ways counts by the share the
+ * sample saw from clients.
  */
 export const clientCalls = (delta: Record<string, number>, sample: MonitorSample | undefined): number => {
   let n = 0;

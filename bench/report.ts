@@ -31,6 +31,7 @@ const COLUMNS: [string, (p: Pass) => string][] = [
   ['peak RSS MB', (p) => f(p.peakRssMb)],
   ['redis calls/dec', (p) => f(p.redisCallsPerDecision, 2)],
   ['redis cmds/dec', (p) => f(p.redisCommandsPerDecision, 2)],
+  ['redis µs/dec', (p) => f(p.redisUsPerDecision, 1)],
   ['vs empty', (p) => pct(p.vsEmpty)],
   ['vs script', (p) => pct(p.vsScript)],
   ['errors', (p) => (Object.keys(p.errors).length ? JSON.stringify(p.errors) : '')],

@@ -34,6 +34,7 @@ import {
 import { formatProfile, type ProfileSummary, profilesIn, summarizeProfile } from './profile.js';
 import {
   type BenchRedis,
+  type CommandStat,
   clientCalls,
   commandStats,
   diffStats,
@@ -190,7 +191,12 @@ export interface Pass {
   redisCpuShare?: number;
   redisCallsPerDecision?: number;
   redisCommandsPerDecision?: number;
+  /** Redis time per decision (commandstats usec of the calls clients sent; scripts include their commands). */
+  redisUsPerDecision?: number;
   redisCommands?: Record<string, number>;
+  redisCommandsUsec?: Record<string, number>;
+  /** Script ceilings: the replayed command line. */
+  command?: string[];
   /** CPU (in cores) used by processes outside this benchmark during the window. */
   othersCores?: number;
   peakRssMb?: number;
@@ -216,7 +222,7 @@ interface Window {
   redisCpu: number;
   jiffies: { total: number; idle: number };
   at: number;
-  stats?: Promise<Map<string, number>>;
+  stats?: Promise<Map<string, CommandStat>>;
   failures?: Promise<number>;
 }
 
@@ -249,7 +255,7 @@ interface Measured {
   serverCpuMs: number;
   redisCpuMs: number;
   othersCores: number;
-  commands?: Record<string, number>;
+  commands?: { calls: Record<string, number>; usec: Record<string, number> };
   failures?: number;
 }
 
@@ -533,10 +539,12 @@ const finishPass = (
     ),
   };
   if (m.commands && inWindow > 0) {
-    const total = Object.values(m.commands).reduce((s, x) => s + x, 0);
-    pass.redisCommands = m.commands;
+    const total = Object.values(m.commands.calls).reduce((s, x) => s + x, 0);
+    pass.redisCommands = m.commands.calls;
+    pass.redisCommandsUsec = m.commands.usec;
+    pass.redisUsPerDecision = clientCalls(m.commands.usec, p.sample) / inWindow;
     pass.redisCommandsPerDecision = total / inWindow;
-    pass.redisCallsPerDecision = clientCalls(m.commands, p.sample) / inWindow;
+    pass.redisCallsPerDecision = clientCalls(m.commands.calls, p.sample) / inWindow;
   }
   log(
     `  ${p.id} ${p.driver} ${p.mode}: ${Math.round(r.rate)}/s p99 ${r.latency.p99.toFixed(2)} ms, server ${Math.round(serverCpuShare * 100)}%, client ${Math.round(r.clientCpuShare * 100)}%${
@@ -625,20 +633,21 @@ const scriptCeiling = async (
   );
   if (w0 && w1) {
     const m = await measure(w0, w1, r.clientCpuMs);
-    ctx.passes.push(
-      finishPass(ctx, {
-        id: `script:${id}`,
-        title,
-        driver: 'ioredis',
-        mode: 'peak',
-        result: r,
-        m,
-        target: undefined,
-        redis,
-        serverIsRedis: true,
-        sample,
-      }),
-    );
+    const pass = finishPass(ctx, {
+      id: `script:${id}`,
+      title,
+      driver: 'ioredis',
+      mode: 'peak',
+      result: r,
+      m,
+      target: undefined,
+      redis,
+      serverIsRedis: true,
+      sample,
+    });
+    // Kept so the ceiling can be replayed by hand (redis-cli, redis-benchmark).
+    pass.command = command;
+    ctx.passes.push(pass);
   }
   const rb = await redisBenchmark(redis.port, command, Math.max(20_000, Math.round(o.durationS * 40_000)));
   if (!rb) {
