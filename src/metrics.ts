@@ -19,7 +19,7 @@ export const rlsDecisions = new Counter({
 
 export const rlsDuration = new Histogram({
   name: 'ratekeeper_rls_duration_seconds',
-  help: 'ShouldRateLimit handling time, validation to answer, by domain.',
+  help: 'ShouldRateLimit decision time (config lookup, policy, store) of valid requests, by domain.',
   labelNames: ['domain'] as const,
   buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
   registers: [registry],

@@ -65,6 +65,33 @@ const CODE_LABEL: Record<RateLimitResponse_Code, string> = {
   [RateLimitResponse_Code.OVER_LIMIT]: 'OVER_LIMIT',
 };
 
+interface DomainMetrics {
+  decisions: Record<RateLimitResponse_Code, { inc(): void }>;
+  duration: { observe(seconds: number): void };
+}
+
+/**
+ * Labelled metric children per domain label, resolved once: a label lookup hashes the label set,
+ * which costs on every call otherwise. Bounded by the configured domains plus UNKNOWN_DOMAIN.
+ */
+const domainMetrics = new Map<string, DomainMetrics>();
+const metricsFor = (domain: string): DomainMetrics => {
+  let m = domainMetrics.get(domain);
+  if (!m) {
+    const code = (c: RateLimitResponse_Code) => rlsDecisions.labels({ domain, code: CODE_LABEL[c] });
+    m = {
+      decisions: {
+        [RateLimitResponse_Code.UNKNOWN]: code(RateLimitResponse_Code.UNKNOWN),
+        [RateLimitResponse_Code.OK]: code(RateLimitResponse_Code.OK),
+        [RateLimitResponse_Code.OVER_LIMIT]: code(RateLimitResponse_Code.OVER_LIMIT),
+      },
+      duration: rlsDuration.labels({ domain }),
+    };
+    domainMetrics.set(domain, m);
+  }
+  return m;
+};
+
 export const rlsBinding = (deps: Deps): ServiceBinding =>
   bind(RateLimitService, {
     async shouldRateLimit(req) {
@@ -75,8 +102,9 @@ export const rlsBinding = (deps: Deps): ServiceBinding =>
       const domain = known ? req.domain : UNKNOWN_DOMAIN;
       const decide = config.inference?.domain === req.domain ? decideInference : decideGeneric;
       const res = await decide(req, deps).catch(unavailable);
-      rlsDecisions.inc({ domain, code: CODE_LABEL[res.overallCode] });
-      rlsDuration.observe({ domain }, Number(process.hrtime.bigint() - started) / 1e9);
+      const metrics = metricsFor(domain);
+      metrics.decisions[res.overallCode].inc();
+      metrics.duration.observe(Number(process.hrtime.bigint() - started) / 1e9);
       return res;
     },
   });
