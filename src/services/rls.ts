@@ -94,14 +94,15 @@ const metricsFor = (domain: string): DomainMetrics => {
 
 export const rlsBinding = (deps: Deps): ServiceBinding =>
   bind(RateLimitService, {
-    async shouldRateLimit(req) {
+    async shouldRateLimit(req, ctx) {
       validate(req);
       const started = process.hrtime.bigint();
       const config = deps.config();
       const known = config.domains.has(req.domain) || config.inference?.domain === req.domain;
       const domain = known ? req.domain : UNKNOWN_DOMAIN;
-      const decide = config.inference?.domain === req.domain ? decideInference : decideGeneric;
-      const res = await decide(req, deps).catch(unavailable);
+      const decision =
+        config.inference?.domain === req.domain ? decideInference(req, deps, ctx) : decideGeneric(req, deps);
+      const res = await decision.catch(unavailable);
       const metrics = metricsFor(domain);
       metrics.decisions[res.overallCode].inc();
       metrics.duration.observe(Number(process.hrtime.bigint() - started) / 1e9);
