@@ -85,7 +85,9 @@ export class SignalEngine {
   ) {}
 
   /** Never throws; store work continues in the background (see idle()). */
-  record(e: ReportEvent): void {
+  record(event: ReportEvent): void {
+    // Whole milliseconds from here on: a store clock corrected by a measured offset has fractions.
+    const e = { ...event, atMs: Math.floor(event.atMs) };
     try {
       if (e.kind === 'decision') this.onDecision(e);
       else if (e.kind === 'expired') this.onExpired(e);

@@ -101,6 +101,7 @@ export class RedisReportStore implements ReportStore {
   private readonly channel: string;
   private readonly listeners = new Set<(alert: Alert) => void>();
   private sub: Redis | Cluster | undefined;
+  private subReady: Promise<void> | undefined;
 
   /**
    * @param redis the limiter store's client (commands only; a duplicate connection is opened for
@@ -202,7 +203,7 @@ export class RedisReportStore implements ReportStore {
 
   subscribe(listener: (alert: Alert) => void): () => void {
     this.listeners.add(listener);
-    this.connectSub();
+    void this.connectSub();
     return () => this.listeners.delete(listener);
   }
 
@@ -211,8 +212,8 @@ export class RedisReportStore implements ReportStore {
     return this.listeners.size;
   }
 
-  private connectSub(): Redis | Cluster {
-    if (this.sub) return this.sub;
+  private connectSub(): Promise<void> {
+    if (this.subReady) return this.subReady;
     const sub: Redis | Cluster = (this.redis as Redis).duplicate();
     this.sub = sub;
     sub.on('error', this.onError);
@@ -226,20 +227,28 @@ export class RedisReportStore implements ReportStore {
       }
       for (const l of this.listeners) l(alert);
     });
-    // The shared client runs without an offline queue: subscribe once connected (ioredis
-    // re-subscribes by itself after a reconnect).
-    const go = () => void sub.subscribe(this.channel).catch(this.onError);
-    if (sub.status === 'ready') go();
-    else sub.once('ready', go);
-    return sub;
+    // The shared client runs without an offline queue: subscribe once connected, and again a
+    // second later while it fails (ioredis re-subscribes by itself after a reconnect).
+    this.subReady = new Promise<void>((resolve) => {
+      const go = (): void => {
+        if (this.sub !== sub) return;
+        sub.subscribe(this.channel).then(
+          () => resolve(),
+          (err: unknown) => {
+            this.onError(err);
+            setTimeout(go, 1_000).unref();
+          },
+        );
+      };
+      if (sub.status === 'ready') go();
+      else sub.once('ready', go);
+    });
+    return this.subReady;
   }
 
   /** Opens the alert subscription if needed; resolves once it is live. */
-  async subscribed(): Promise<void> {
-    const sub = this.connectSub();
-    if (sub.status !== 'ready') await new Promise((resolve) => sub.once('ready', resolve));
-    // A PING on a subscribed connection is answered after the SUBSCRIBE that preceded it.
-    await sub.ping();
+  subscribed(): Promise<void> {
+    return this.connectSub();
   }
 
   async addTotals(bucketStartMs: number, totals: readonly Totals[]): Promise<void> {
@@ -294,6 +303,7 @@ export class RedisReportStore implements ReportStore {
     this.listeners.clear();
     const sub = this.sub;
     this.sub = undefined;
+    this.subReady = undefined;
     if (sub) sub.disconnect();
   }
 }
