@@ -102,7 +102,10 @@ describe('store failure modes against a Redis that hangs', () => {
 });
 
 describe('config reload', () => {
-  it('a good change applies at once; a bad one keeps the old config and is counted', async () => {
+  // Generous timeouts: on a busy machine a lost fs event waits for the watcher's poll.
+  it('a good change applies at once; a bad one keeps the old config and is counted', {
+    timeout: 60_000,
+  }, async () => {
     const srv = await startTestServer({ files: { 'd.yaml': domain('reload', 1) } });
     const rls = grpcClient(RateLimitService, srv.grpcAddress);
     try {
@@ -111,7 +114,7 @@ describe('config reload', () => {
           ?.requestsPerUnit;
       expect(await limitOf()).toBe(1);
       await srv.writeFile('d.yaml', domain('reload', 7));
-      await vi.waitFor(async () => expect(await limitOf()).toBe(7), { timeout: 10_000, interval: 100 });
+      await vi.waitFor(async () => expect(await limitOf()).toBe(7), { timeout: 20_000, interval: 100 });
       const errorsBefore = await metric(srv, /ratekeeper_config_reloads_total\{result="error"\} (\d+)/);
       await srv.writeFile(
         'd.yaml',
@@ -122,7 +125,7 @@ describe('config reload', () => {
           expect(
             await metric(srv, /ratekeeper_config_reloads_total\{result="error"\} (\d+)/),
           ).toBeGreaterThan(errorsBefore),
-        { timeout: 10_000, interval: 100 },
+        { timeout: 20_000, interval: 100 },
       );
       expect(await limitOf()).toBe(7);
     } finally {
