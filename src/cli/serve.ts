@@ -21,6 +21,8 @@ ${settingsHelp()}
  */
 export const serveUntilSignal = async (settings: Settings, parts: ServerParts = {}): Promise<number> => {
   const log = parts.log ?? createLogger(settings.logLevel);
+  // A stray rejection (a bug in some background task) is logged, not fatal: Envoy keeps its answers.
+  process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection'));
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
     server = await startServer(settings, { ...parts, log });
