@@ -13,6 +13,10 @@ beside it; the flag wins.
   flag                     environment variable             meaning
 ${settingsHelp()}
   --help                                                    this text
+
+Credentials (environment only): RATEKEEPER_ADMIN_TOKENS (or RATEKEEPER_ADMIN_TOKENS_FILE) guards
+AdminService and ReportService; RATEKEEPER_RLS_TOKENS (or …_FILE), when set, guards RLS and Usage; both
+as name:token,name:token. API keys are hashed with the policy's pepper (by default $RATEKEEPER_KEY_PEPPER).
 `;
 
 /**
