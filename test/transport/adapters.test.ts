@@ -203,3 +203,40 @@ describe('shutdown', () => {
     g.close();
   });
 });
+
+describe('HTTP port drain', () => {
+  it('in-flight Connect calls (HTTP/1.1 and h2c) finish; new connections are refused', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    let arrived = 0;
+    const slow: ServiceBinding = {
+      service: RateLimitService,
+      impl: {
+        shouldRateLimit: async () => {
+          arrived++;
+          await gate;
+          return { overallCode: RateLimitResponse_Code.OK, statuses: [] };
+        },
+      },
+    };
+    const h = await startHttp({
+      bindings: [slow],
+      health: new Health([]),
+      log: createLogger('silent'),
+      host: '127.0.0.1',
+      port: 0,
+    });
+    const url = `http://127.0.0.1:${h.port}`;
+    const calls = (['connect-json', 'connect-binary'] as const).map((p) =>
+      connectClient(RateLimitService, url, p).shouldRateLimit(req('x')),
+    );
+    await vi.waitFor(() => expect(arrived).toBe(2));
+    const stopping = h.shutdown(20_000);
+    await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+    release();
+    for (const res of await Promise.all(calls)) expect(res.overallCode).toBe(RateLimitResponse_Code.OK);
+    await stopping;
+  });
+});
