@@ -24,15 +24,13 @@ import { failure, toGrpcError } from './status.js';
 import type { CallContext, ServiceBinding } from './types.js';
 
 /**
- * channelz bookkeeping costs on every call and nobody reads it here; the rest keeps idle Envoy
- * connections healthy without letting a client ping abusively.
+ * channelz bookkeeping costs on every call and nobody reads it here. Server keepalive pings find
+ * dead client connections (a vanished Envoy) without waiting for the OS.
  */
 const SERVER_OPTIONS = {
   'grpc.enable_channelz': 0,
   'grpc.keepalive_time_ms': 60_000,
   'grpc.keepalive_timeout_ms': 20_000,
-  'grpc.keepalive_permit_without_calls': 1,
-  'grpc.http2.min_ping_interval_without_data_ms': 10_000,
 };
 
 const asBuffer = (u8: Uint8Array): Buffer => Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
