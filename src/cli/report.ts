@@ -18,6 +18,7 @@ import {
   Signal,
   TopKeysResponseSchema,
 } from '../../gen/ratekeeper/v1/report_pb.js';
+import { FLAG_STATE_TO_MSG, SIGNAL_TO_MSG } from '../services/flag-proto.js';
 import {
   CONNECTION_HELP,
   CONNECTION_OPTIONS,
@@ -74,22 +75,17 @@ const OPTIONS = {
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
 
-const STATES: Record<string, FlagState> = {
-  open: FlagState.OPEN,
-  reviewed: FlagState.REVIEWED,
-  dismissed: FlagState.DISMISSED,
-};
-const SIGNALS: Record<string, Signal> = {
-  excessive_request_rate: Signal.EXCESSIVE_REQUEST_RATE,
-  excessive_token_rate: Signal.EXCESSIVE_TOKEN_RATE,
-  runaway_requests: Signal.RUNAWAY_REQUESTS,
-  retry_storm: Signal.RETRY_STORM,
-  limit_splitting: Signal.LIMIT_SPLITTING,
-};
-const nameOf = <T>(map: Record<string, T>, v: T): string =>
+/** The command line names states and signals as the server does. */
+const STATES: Readonly<Record<string, FlagState>> = FLAG_STATE_TO_MSG;
+const SIGNALS: Readonly<Record<string, Signal>> = SIGNAL_TO_MSG;
+const nameOf = <T>(map: Readonly<Record<string, T>>, v: T): string =>
   Object.entries(map).find(([, x]) => x === v)?.[0] ?? String(v);
 
-const choice = <T>(map: Record<string, T>, raw: string | undefined, flag: string): T | undefined => {
+const choice = <T>(
+  map: Readonly<Record<string, T>>,
+  raw: string | undefined,
+  flag: string,
+): T | undefined => {
   if (raw === undefined) return undefined;
   const v = map[raw.trim().toLowerCase()];
   if (v === undefined) throw new UsageError(`${flag}: one of ${Object.keys(map).join(', ')}`);

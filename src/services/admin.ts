@@ -15,21 +15,16 @@ import {
   ListAuditResponseSchema,
   ListKeysResponseSchema,
 } from '../../gen/ratekeeper/v1/admin_pb.js';
-import {
-  type Flag,
-  FlagSchema,
-  FlagState as FlagStateMsg,
-  Signal,
-} from '../../gen/ratekeeper/v1/report_pb.js';
+import { FlagState as FlagStateMsg } from '../../gen/ratekeeper/v1/report_pb.js';
 import type { InferencePolicy } from '../config/inference.js';
 import { invalid, RkError } from '../errors.js';
 import { hashWithPepper } from '../keys/hash.js';
 import { type AuditRecord, type KeyRegistry, type Mutation, pageById } from '../keys/registry.js';
 import type { KeyCaps, KeyRecord, StoredKey } from '../keys/types.js';
-import type { FlagRecord } from '../report/types.js';
 import { type Authenticator, bearerAuth } from '../transport/auth.js';
 import { bind, type CallContext, type ServiceBinding } from '../transport/types.js';
 import type { Deps } from './deps.js';
+import { flagToProto } from './flag-proto.js';
 
 /** Cap names on the wire (snake_case, as in KeyCaps and `clear_caps`) and in records. */
 const CAPS = [
@@ -167,29 +162,6 @@ const auditTo = (e: AuditRecord): AuditEntry =>
     target: e.target,
     beforeJson: e.before === undefined ? '' : JSON.stringify(e.before),
     afterJson: e.after === undefined ? '' : JSON.stringify(e.after),
-  });
-
-const FLAG_STATES = {
-  open: FlagStateMsg.OPEN,
-  reviewed: FlagStateMsg.REVIEWED,
-  dismissed: FlagStateMsg.DISMISSED,
-} as const;
-
-const flagTo = (f: FlagRecord): Flag =>
-  create(FlagSchema, {
-    id: f.id,
-    key: f.key,
-    account: f.account,
-    signal: Signal[f.signal.toUpperCase() as keyof typeof Signal] ?? Signal.UNSPECIFIED,
-    observed: f.observed,
-    threshold: f.threshold,
-    windowSeconds: BigInt(Math.round(f.windowMs / 1000)),
-    firstSeen: timestampFromMs(f.firstSeenMs),
-    lastSeen: timestampFromMs(f.lastSeenMs),
-    state: FLAG_STATES[f.state],
-    note: f.note,
-    reviewedBy: f.reviewedBy,
-    detail: f.detail,
   });
 
 /** Writes need the inference policy: it holds the pepper and the tiers a key may use. */
@@ -404,7 +376,7 @@ export const adminBinding = (deps: Deps): ServiceBinding => {
         if (!before) throw new RkError('NOT_FOUND', `flag "${req.flagId}" not found`);
         const after = await flags.reviewFlag(req.flagId, state, req.note, actor, now());
         await registry.audit({ actor, action: 'review_flag', target: req.flagId, before, after });
-        return flagTo(after);
+        return flagToProto(after);
       },
     },
     auth.check,

@@ -1,10 +1,7 @@
 import { create } from '@bufbuild/protobuf';
-import { timestampFromMs } from '@bufbuild/protobuf/wkt';
 import {
   type Alert as AlertMsg,
   AlertSchema,
-  type Flag,
-  FlagSchema,
   FlagState as FlagStateMsg,
   KeyUsageSchema,
   ListFlagsResponseSchema,
@@ -21,12 +18,13 @@ import { planAdmission } from '../policy/inference.js';
 import { inferenceKeys as K, periodsAt } from '../policy/inference-keys.js';
 import { SIGNALS, type SignalKind } from '../policy/signals.js';
 import type { ReportRuntime } from '../report/index.js';
-import type { Alert, FlagRecord, FlagState, TopBy } from '../report/types.js';
+import type { Alert, FlagState, TopBy } from '../report/types.js';
 import type { BudgetOp, Op } from '../store/store.js';
 import { bearerAuth } from '../transport/auth.js';
 import type { ServiceBinding } from '../transport/types.js';
 import { bind } from '../transport/types.js';
 import type { Deps } from './deps.js';
+import { FLAG_STATE_TO_MSG, flagToProto, SIGNAL_TO_MSG, wholeMsTimestamp } from './flag-proto.js';
 import { policyOf } from './usage.js';
 
 export const DEFAULT_PAGE_SIZE = 50;
@@ -38,42 +36,9 @@ export const MAX_TOP_LIMIT = 1_000;
 /** Alerts a slow WatchAlerts subscriber may fall behind by before its stream is ended. */
 export const WATCH_BACKLOG = 1_000;
 
-const STATE_TO_MSG: Record<FlagState, FlagStateMsg> = {
-  open: FlagStateMsg.OPEN,
-  reviewed: FlagStateMsg.REVIEWED,
-  dismissed: FlagStateMsg.DISMISSED,
-};
-const SIGNAL_TO_MSG: Record<SignalKind, SignalMsg> = {
-  excessive_request_rate: SignalMsg.EXCESSIVE_REQUEST_RATE,
-  excessive_token_rate: SignalMsg.EXCESSIVE_TOKEN_RATE,
-  runaway_requests: SignalMsg.RUNAWAY_REQUESTS,
-  retry_storm: SignalMsg.RETRY_STORM,
-  limit_splitting: SignalMsg.LIMIT_SPLITTING,
-};
-
-/** Whole milliseconds: a clock may hand out fractions, which a Timestamp's integer nanos cannot carry. */
-const ts = (ms: number) => timestampFromMs(Math.floor(ms));
-
-export const flagToProto = (f: FlagRecord): Flag =>
-  create(FlagSchema, {
-    id: f.id,
-    key: f.key,
-    account: f.account,
-    signal: SIGNAL_TO_MSG[f.signal] ?? SignalMsg.UNSPECIFIED,
-    observed: f.observed,
-    threshold: f.threshold,
-    windowSeconds: BigInt(Math.round(f.windowMs / 1000)),
-    firstSeen: ts(f.firstSeenMs),
-    lastSeen: ts(f.lastSeenMs),
-    state: STATE_TO_MSG[f.state],
-    note: f.note,
-    reviewedBy: f.reviewedBy,
-    detail: f.detail,
-  });
-
 export const alertToProto = (a: Alert): AlertMsg =>
   create(AlertSchema, {
-    at: ts(a.atMs),
+    at: wholeMsTimestamp(a.atMs),
     kind:
       'flag' in a
         ? { case: 'flag', value: flagToProto(a.flag) }
@@ -89,7 +54,7 @@ export const alertToProto = (a: Alert): AlertMsg =>
 
 const stateFilter = (s: FlagStateMsg): FlagState | undefined => {
   if (s === FlagStateMsg.UNSPECIFIED) return undefined;
-  const found = (Object.keys(STATE_TO_MSG) as FlagState[]).find((k) => STATE_TO_MSG[k] === s);
+  const found = (Object.keys(FLAG_STATE_TO_MSG) as FlagState[]).find((k) => FLAG_STATE_TO_MSG[k] === s);
   if (!found) throw invalid('state', `unknown flag state ${s}`);
   return found;
 };
