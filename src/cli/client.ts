@@ -11,6 +11,7 @@ import {
   toJson,
 } from '@bufbuild/protobuf';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
+import { type Timestamp, timestampMs } from '@bufbuild/protobuf/wkt';
 import { type Client, credentials, Metadata, makeGenericClientConstructor, status } from '@grpc/grpc-js';
 import { grpcServiceDefinition } from '../transport/grpc.js';
 
@@ -60,10 +61,16 @@ export class UsageError extends Error {
   override name = 'UsageError';
 }
 
-export const connectionFrom = (
-  values: { addr?: string; token?: string; tls?: boolean; timeout?: string },
-  env: NodeJS.ProcessEnv,
-): Connection => {
+/** The connection flags as parseArgs returns them. */
+export interface ConnectionValues {
+  addr?: string;
+  token?: string;
+  tls?: boolean;
+  timeout?: string;
+  help?: boolean;
+}
+
+export const connectionFrom = (values: ConnectionValues, env: NodeJS.ProcessEnv): Connection => {
   const timeout = values.timeout === undefined ? 10 : Number(values.timeout);
   if (!Number.isFinite(timeout) || timeout <= 0) throw new UsageError('--timeout: seconds > 0');
   const token = values.token ?? env[TOKEN_ENV];
@@ -151,6 +158,7 @@ export const rpcClient = <S extends GenService<GenServiceMethods>>(
     } else {
       out[m.localName] = (init: MessageInitShape<DescMessage>, signal?: AbortSignal) => ({
         async *[Symbol.asyncIterator]() {
+          // No deadline: a stream runs until the caller stops it.
           const call = fn(create(m.input, init), metadata(), {}) as RawCall;
           signal?.addEventListener('abort', () => call.cancel(), { once: true });
           const queue: unknown[] = [];
@@ -190,6 +198,73 @@ export const rpcClient = <S extends GenService<GenServiceMethods>>(
   }
   return out as RpcClient<S>;
 };
+
+/**
+ * Runs one remote command with the exit codes every command shares: 0 ok (and --help), 1 the
+ * server refused or could not be reached, 2 bad usage (printed with `help`). `parse` is the
+ * command's parseArgs call; `explain` may word a status for this command instead of the default.
+ */
+export const runRemote = async <V extends ConnectionValues>(
+  io: Io,
+  help: string,
+  parse: () => { values: V; positionals: string[] },
+  body: (values: V, positionals: string[], conn: Connection) => Promise<number>,
+  explain: (err: RpcError) => string | undefined = () => undefined,
+): Promise<number> => {
+  let parsed: { values: V; positionals: string[] };
+  try {
+    parsed = parse();
+  } catch (err) {
+    io.err(`${(err as Error).message}\n\n${help}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    io.out(help);
+    return 0;
+  }
+  try {
+    return await body(values, positionals, connectionFrom(values, io.env));
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`${err.message}\n\n${help}`);
+      return 2;
+    }
+    if (err instanceof RpcError) {
+      io.err(
+        explain(err) ??
+          (err.code === status.UNAVAILABLE
+            ? `cannot reach ratekeeper: ${err.message}`
+            : `${err.codeName}: ${err.message}`),
+      );
+      return 1;
+    }
+    throw err;
+  }
+};
+
+/**
+ * Reads the page at `token`, and with `all` every page after it. Returns the items and the
+ * token of the page after the last one read ('' when there is none).
+ */
+export const collectPages = async <T>(
+  token: string,
+  all: boolean | undefined,
+  fetch: (token: string) => Promise<{ items: T[]; nextPageToken: string }>,
+): Promise<{ items: T[]; nextPageToken: string }> => {
+  const items: T[] = [];
+  let next = token;
+  do {
+    const page = await fetch(next);
+    items.push(...page.items);
+    next = page.nextPageToken;
+  } while (all && next !== '');
+  return { items, nextPageToken: next };
+};
+
+/** A timestamp as ISO 8601 UTC; '-' when the server sent none. */
+export const isoTime = (ts: Timestamp | undefined): string =>
+  ts ? new Date(timestampMs(ts)).toISOString() : '-';
 
 /** Fixed-width columns, a header row, two spaces between. */
 export const table = (headers: string[], rows: string[][]): string => {

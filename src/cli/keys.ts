@@ -4,7 +4,6 @@
  */
 import { parseArgs } from 'node:util';
 import { create } from '@bufbuild/protobuf';
-import { timestampMs } from '@bufbuild/protobuf/wkt';
 import { status } from '@grpc/grpc-js';
 import {
   AdminService,
@@ -21,21 +20,22 @@ import {
   CONNECTION_HELP,
   CONNECTION_OPTIONS,
   type Connection,
-  connectionFrom,
+  collectPages,
   fields,
   type Io,
+  isoTime,
   json,
   parseCount,
   parseUsd,
   processIo,
-  RpcError,
   rpcClient,
+  runRemote,
   table,
   UsageError,
   usd,
 } from './client.js';
 
-export const KEYS_USAGE = `usage: ratekeeper keys <command> [flags]
+const KEYS_USAGE = `usage: ratekeeper keys <command> [flags]
 
 commands:
   create   [--id ID] [--account A] [--tier T] [--name N] [caps]   mint a key; prints the raw key once
@@ -56,7 +56,7 @@ caps (a value of "unlimited" clears the cap on update):
 
 ${CONNECTION_HELP}`;
 
-export const USAGE_USAGE = `usage: ratekeeper usage KEY [--model MODEL]
+const USAGE_USAGE = `usage: ratekeeper usage KEY [--model MODEL]
 
 Current usage and limits of a key (its id or the raw key).
 
@@ -124,8 +124,6 @@ const capText = (caps: KeyCaps | undefined, local: CapName, money: boolean): str
   return money ? usd(v) : v.toString();
 };
 
-const when = (ts: Key['createdAt']): string => (ts ? new Date(timestampMs(ts)).toISOString() : '-');
-
 const keyRows = (keys: Key[]): string =>
   table(
     [
@@ -169,14 +167,14 @@ const keyDetail = (k: Key): string => {
     ]);
   }
   pairs.push(['hash', k.hashPrefix ? `${k.hashPrefix}…` : '-']);
-  pairs.push(['created', when(k.createdAt)], ['updated', when(k.updatedAt)]);
+  pairs.push(['created', isoTime(k.createdAt)], ['updated', isoTime(k.updatedAt)]);
   return fields(pairs);
 };
 
 const auditRows = (entries: AuditEntry[]): string =>
   table(
     ['AT', 'ACTOR', 'ACTION', 'TARGET', 'CHANGE'],
-    entries.map((e) => [when(e.at), e.actor, e.action, e.target, diff(e.beforeJson, e.afterJson)]),
+    entries.map((e) => [isoTime(e.at), e.actor, e.action, e.target, diff(e.beforeJson, e.afterJson)]),
   );
 
 /** The fields an audit entry changed, e.g. `tier: free→pro`. */
@@ -244,19 +242,15 @@ const keysCommand = async (
       }
       case 'list': {
         if (rest.length > 0) throw new UsageError('list takes no positional arguments');
-        const keys: Key[] = [];
-        let token = v['page-token'] ?? '';
-        let next = '';
-        do {
-          const page = await admin.listKeys({
-            pageSize: pageSize(v),
-            pageToken: token,
-            account: v.account ?? '',
-          });
-          keys.push(...page.keys);
-          next = page.nextPageToken;
-          token = next;
-        } while (v.all && token !== '');
+        const size = pageSize(v);
+        const { items: keys, nextPageToken: next } = await collectPages(
+          v['page-token'] ?? '',
+          v.all,
+          async (pageToken) => {
+            const page = await admin.listKeys({ pageSize: size, pageToken, account: v.account ?? '' });
+            return { items: page.keys, nextPageToken: page.nextPageToken };
+          },
+        );
         if (v.json)
           io.out(json(ListKeysResponseSchema, create(ListKeysResponseSchema, { keys, nextPageToken: next })));
         else {
@@ -364,45 +358,22 @@ const usageCommand = async (rest: string[], v: Values, conn: Connection, io: Io)
   }
 };
 
-/** `ratekeeper keys …`: argv is what follows `keys`. Exit codes as `runGroup`. */
+/** `ratekeeper keys …`: argv is what follows `keys`. Exit codes as `runRemote`. */
 export const run = (argv: string[], io: Io = processIo()): Promise<number> => runGroup('keys', argv, io);
 
-/**
- * `keys` and `usage` share flags and error handling. Exit codes: 0 ok, 1 the server refused or
- * could not be reached, 2 bad usage.
- */
-export async function runGroup(group: 'keys' | 'usage', args: string[], io: Io): Promise<number> {
-  const help = group === 'usage' ? USAGE_USAGE : KEYS_USAGE;
-  let values: Values;
-  let positionals: string[];
-  try {
-    ({ values, positionals } = parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true }));
-  } catch (err) {
-    io.err(`${(err as Error).message}\n\n${help}`);
-    return 2;
-  }
-  if (values.help) {
-    io.out(help);
-    return 0;
-  }
-  try {
-    const conn = connectionFrom(values, io.env);
-    if (group === 'usage') return await usageCommand(positionals, values, conn, io);
-    const [cmd = '', ...rest] = positionals;
-    return await keysCommand(cmd, rest, values, conn, io);
-  } catch (err) {
-    if (err instanceof UsageError) {
-      io.err(`${err.message}\n\n${help}`);
-      return 2;
-    }
-    if (err instanceof RpcError) {
-      if (err.code === status.UNIMPLEMENTED && group === 'usage') {
-        io.err('usage: this server does not serve ReportService.GetKeyUsage yet');
-      } else if (err.code === status.UNAVAILABLE) {
-        io.err(`cannot reach ratekeeper: ${err.message}`);
-      } else io.err(`${err.codeName}: ${err.message}`);
-      return 1;
-    }
-    throw err;
-  }
-}
+/** `keys` and `usage` share flags; exit codes as `runRemote`. */
+export const runGroup = (group: 'keys' | 'usage', args: string[], io: Io): Promise<number> =>
+  runRemote(
+    io,
+    group === 'usage' ? USAGE_USAGE : KEYS_USAGE,
+    () => parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true }),
+    (values, positionals, conn) => {
+      if (group === 'usage') return usageCommand(positionals, values, conn, io);
+      const [cmd = '', ...rest] = positionals;
+      return keysCommand(cmd, rest, values, conn, io);
+    },
+    (err) =>
+      err.code === status.UNIMPLEMENTED && group === 'usage'
+        ? 'usage: this server does not serve ReportService.GetKeyUsage yet'
+        : undefined,
+  );

@@ -4,8 +4,6 @@
  */
 import { parseArgs } from 'node:util';
 import { create } from '@bufbuild/protobuf';
-import { timestampMs } from '@bufbuild/protobuf/wkt';
-import { status } from '@grpc/grpc-js';
 import { AdminService } from '../../gen/ratekeeper/v1/admin_pb.js';
 import {
   type Alert,
@@ -23,18 +21,19 @@ import {
   CONNECTION_HELP,
   CONNECTION_OPTIONS,
   type Connection,
-  connectionFrom,
+  collectPages,
   type Io,
+  isoTime,
   json,
   processIo,
-  RpcError,
   rpcClient,
+  runRemote,
   table,
   UsageError,
   usd,
 } from './client.js';
 
-export const FLAGS_USAGE = `usage: ratekeeper flags <command> [flags]
+const FLAGS_USAGE = `usage: ratekeeper flags <command> [flags]
 
 commands:
   list     [--state open|reviewed|dismissed] [--signal SIGNAL] [--account A]
@@ -45,14 +44,14 @@ signals: excessive_request_rate, excessive_token_rate, runaway_requests, retry_s
 
 ${CONNECTION_HELP}`;
 
-export const TOP_USAGE = `usage: ratekeeper top [--by requests|tokens|spend] [--window DURATION] [--limit N]
+const TOP_USAGE = `usage: ratekeeper top [--by requests|tokens|spend] [--window DURATION] [--limit N]
 
 Keys ranked by requests admitted, tokens debited or spend over the last window
 (default: requests over 1h; window up to 24h, e.g. 90s, 15m, 1h).
 
 ${CONNECTION_HELP}`;
 
-export const WATCH_USAGE = `usage: ratekeeper watch [--account A]
+const WATCH_USAGE = `usage: ratekeeper watch [--account A]
 
 Streams new flags and threshold crossings (monthly spend and tokens) until interrupted.
 With --json, one JSON object per line.
@@ -101,20 +100,19 @@ const positiveInt = (raw: string | undefined, flag: string, max: number): number
 
 const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600 };
 /** "90s", "15m", "1h" or bare seconds. */
-export const parseWindow = (raw: string): number => {
+const parseWindow = (raw: string): number => {
   const m = /^\s*(\d+)\s*([smh]?)\s*$/.exec(raw);
   const s = m ? Number(m[1]) * UNITS[m[2] || 's']! : 0;
   if (s <= 0 || s > 86_400) throw new UsageError('--window: a duration from 1s to 24h, e.g. 90s, 15m, 1h');
   return s;
 };
 
-const when = (ts: Flag['firstSeen']): string => (ts ? new Date(timestampMs(ts)).toISOString() : '-');
 const figure = (f: Flag): string =>
   f.signal === Signal.EXCESSIVE_REQUEST_RATE || f.signal === Signal.EXCESSIVE_TOKEN_RATE
     ? `${(f.observed * 100).toFixed(1)}% / ${(f.threshold * 100).toFixed(0)}%`
     : `${f.observed} / ${f.threshold}`;
 
-export const flagRows = (flags: Flag[]): string =>
+const flagRows = (flags: Flag[]): string =>
   table(
     [
       'ID',
@@ -136,14 +134,14 @@ export const flagRows = (flags: Flag[]): string =>
       f.account,
       figure(f),
       `${f.windowSeconds}s`,
-      when(f.firstSeen),
-      when(f.lastSeen),
+      isoTime(f.firstSeen),
+      isoTime(f.lastSeen),
       f.reviewedBy ? `${f.reviewedBy}: ${f.note}` : f.note,
     ]),
   );
 
-export const alertLine = (a: Alert): string => {
-  const at = a.at ? new Date(timestampMs(a.at)).toISOString() : '-';
+const alertLine = (a: Alert): string => {
+  const at = isoTime(a.at);
   if (a.kind.case === 'flag') {
     const f = a.kind.value;
     return `${at}  FLAG  ${nameOf(SIGNALS, f.signal)}  key=${f.key} account=${f.account} id=${f.id}  ${f.detail}`;
@@ -166,20 +164,20 @@ async function flagsCommand(positionals: string[], v: Values, conn: Connection, 
     const pageSize = positiveInt(v['page-size'], '--page-size', 500);
     const client = rpcClient(ReportService, conn);
     try {
-      const flags: Flag[] = [];
-      let token = v['page-token'] ?? '';
-      for (;;) {
-        const page = await client.listFlags({
-          ...(state !== undefined ? { state } : {}),
-          ...(signal !== undefined ? { signal } : {}),
-          account: v.account ?? '',
-          pageSize: pageSize ?? 0,
-          pageToken: token,
-        });
-        flags.push(...page.flags);
-        token = page.nextPageToken;
-        if (!v.all || token === '') break;
-      }
+      const { items: flags, nextPageToken: token } = await collectPages(
+        v['page-token'] ?? '',
+        v.all,
+        async (pageToken) => {
+          const page = await client.listFlags({
+            ...(state !== undefined ? { state } : {}),
+            ...(signal !== undefined ? { signal } : {}),
+            account: v.account ?? '',
+            pageSize: pageSize ?? 0,
+            pageToken,
+          });
+          return { items: page.flags, nextPageToken: page.nextPageToken };
+        },
+      );
       if (v.json) {
         io.out(
           json(ListFlagsResponseSchema, create(ListFlagsResponseSchema, { flags, nextPageToken: token })),
@@ -277,41 +275,20 @@ export async function run(argv: string[], io: Io = processIo(), signal?: AbortSi
     return 2;
   }
   const group = name as keyof typeof HELP;
-  const help = HELP[group];
-  let values: Values;
-  let positionals: string[];
-  try {
-    ({ values, positionals } = parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true }));
-  } catch (err) {
-    io.err(`${(err as Error).message}\n\n${help}`);
-    return 2;
-  }
-  if (values.help) {
-    io.out(help);
-    return 0;
-  }
-  try {
-    const conn = connectionFrom(values, io.env);
-    if (group === 'flags') return await flagsCommand(positionals, values, conn, io);
-    if (group === 'top') return await topCommand(positionals, values, conn, io);
-    let stop = signal;
-    if (!stop) {
-      const ac = new AbortController();
-      process.once('SIGINT', () => ac.abort());
-      stop = ac.signal;
-    }
-    // The stream has no deadline: it runs until interrupted.
-    return await watchCommand(positionals, values, { ...conn, timeoutMs: 0 }, io, stop);
-  } catch (err) {
-    if (err instanceof UsageError) {
-      io.err(`${err.message}\n\n${help}`);
-      return 2;
-    }
-    if (err instanceof RpcError) {
-      if (err.code === status.UNAVAILABLE) io.err(`cannot reach ratekeeper: ${err.message}`);
-      else io.err(`${err.codeName}: ${err.message}`);
-      return 1;
-    }
-    throw err;
-  }
+  return runRemote(
+    io,
+    HELP[group],
+    () => parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true }),
+    (values, positionals, conn) => {
+      if (group === 'flags') return flagsCommand(positionals, values, conn, io);
+      if (group === 'top') return topCommand(positionals, values, conn, io);
+      let stop = signal;
+      if (!stop) {
+        const ac = new AbortController();
+        process.once('SIGINT', () => ac.abort());
+        stop = ac.signal;
+      }
+      return watchCommand(positionals, values, conn, io, stop);
+    },
+  );
 }
