@@ -16,6 +16,8 @@ import {
   type TopBy,
   type TopEntry,
   type Totals,
+  topOrder,
+  totalOf,
 } from './types.js';
 
 const pairKey = (key: string, signal: string): string => `${key}\u0000${signal}`;
@@ -159,7 +161,7 @@ export class MemoryReportStore implements ReportStore {
     for (const [start, bucket] of this.totals) {
       if (start + TOP_BUCKET_MS <= fromMs || start > toMs) continue;
       for (const t of bucket.values()) {
-        const v = by === 'requests' ? t.requests : by === 'tokens' ? t.tokens : t.spendMicros;
+        const v = totalOf(t, by);
         const e = sum.get(t.key);
         if (e) e.value += v;
         else sum.set(t.key, { key: t.key, account: t.account, value: v });
@@ -167,7 +169,7 @@ export class MemoryReportStore implements ReportStore {
     }
     return [...sum.values()]
       .filter((e) => e.value > 0)
-      .sort((a, b) => b.value - a.value || (a.key < b.key ? -1 : 1))
+      .sort(topOrder)
       .slice(0, limit);
   }
 

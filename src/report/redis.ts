@@ -19,6 +19,8 @@ import {
   type TopBy,
   type TopEntry,
   type Totals,
+  topOrder,
+  totalOf,
 } from './types.js';
 
 /*
@@ -259,7 +261,7 @@ export class RedisReportStore implements ReportStore {
       const zkey = `${this.base}top:${by}:${bucketStartMs}`;
       let any = false;
       for (const t of totals) {
-        const v = by === 'requests' ? t.requests : by === 'tokens' ? t.tokens : t.spendMicros;
+        const v = totalOf(t, by);
         if (v <= 0) continue;
         p.zincrby(zkey, v, JSON.stringify([t.key, t.account]));
         any = true;
@@ -296,7 +298,7 @@ export class RedisReportStore implements ReportStore {
       if (e) e.value += value;
       else byKey.set(key, { key, account, value });
     }
-    return [...byKey.values()].sort((a, b) => b.value - a.value || (a.key < b.key ? -1 : 1)).slice(0, limit);
+    return [...byKey.values()].sort(topOrder).slice(0, limit);
   }
 
   async close(): Promise<void> {

@@ -22,15 +22,9 @@ export interface FlagRecord {
   detail: string;
 }
 
-/** A tripped signal as the engine reports it to the store. */
-export interface FlagInput {
-  key: string;
-  account: string;
-  signal: SignalKind;
-  observed: number;
-  threshold: number;
-  windowMs: number;
-  detail: string;
+/** A tripped signal as the engine reports it to the store: the figures a flag carries, and when. */
+export interface FlagInput
+  extends Pick<FlagRecord, 'key' | 'account' | 'signal' | 'observed' | 'threshold' | 'windowMs' | 'detail'> {
   /** Start of the evidence: when a flag for key+signal was closed after this, nothing is raised. */
   sinceMs: number;
   atMs: number;
@@ -84,6 +78,13 @@ export interface TopEntry {
   account: string;
   value: number;
 }
+
+/** The total TopKeys ranks by. */
+export const totalOf = (t: Totals, by: TopBy): number =>
+  by === 'requests' ? t.requests : by === 'tokens' ? t.tokens : t.spendMicros;
+
+/** TopKeys order: highest first, ties by key. */
+export const topOrder = (a: TopEntry, b: TopEntry): number => b.value - a.value || (a.key < b.key ? -1 : 1);
 
 /**
  * Report state shared by all instances: flags (one open flag per key and signal), crossings sent
