@@ -153,12 +153,13 @@ local function reservation(key, now)
   return res
 end
 
--- Frees the reservation's slots and deletes it.
+-- Frees the reservation's slots and marks it freed (f). The record stays until its expiry so a
+-- settle after a release still corrects the reserved amounts.
 local function free(key, res)
   for f, _ in pairs(res) do
     if string.sub(f, 1, 2) == 's:' then
       redis.call('ZREM', string.sub(f, 3), res['r'])
     end
   end
-  redis.call('DEL', key)
+  redis.call('HSET', key, 'f', '1')
 end

@@ -43,6 +43,8 @@ interface Res {
   windowKeys: string[];
   amounts: number[];
   slotKeys: string[];
+  /** Slots freed (Release, or a settle that released): kept so a later settle still corrects the reservation. */
+  freed: boolean;
   dropAt: number;
 }
 
@@ -192,8 +194,8 @@ export class MemoryStore implements LimiterStore {
 
   async release(reservationKey: string): Promise<boolean> {
     const res = this.liveReservation(reservationKey, this.clock());
-    if (!res) return false;
-    this.free(reservationKey, res);
+    if (!res || res.freed) return false;
+    this.free(res);
     return true;
   }
 
@@ -260,6 +262,7 @@ export class MemoryStore implements LimiterStore {
           windowKeys: [],
           amounts: [],
           slotKeys: [],
+          freed: false,
           dropAt: now + d.reservation!.ttlMs,
         }
       : undefined;
@@ -371,7 +374,7 @@ export class MemoryStore implements LimiterStore {
       });
     }
 
-    if (!duplicate && s.release && res) this.free(s.reservationKey, res);
+    if (!duplicate && s.release && res && !res.freed) this.free(res);
     return { duplicate, reserved: res !== undefined, windows, counters, nowMs: now };
   }
 
@@ -428,8 +431,9 @@ export class MemoryStore implements LimiterStore {
     return res;
   }
 
-  private free(reservationKey: string, res: Res): void {
+  /** Frees the slots; the record stays until its TTL so a Debit after a Release still settles it. */
+  private free(res: Res): void {
     for (const key of res.slotKeys) this.slots.get(key)?.leases.delete(res.requestId);
-    this.reservations.delete(reservationKey);
+    res.freed = true;
   }
 }

@@ -61,7 +61,7 @@ for i = 1, nc do
   out[#out + 1] = ok and 0 or reset
 end
 
-if not dup and release and reserved then
+if not dup and release and reserved and not res['f'] then
   free(rkey, res)
 end
 return out

@@ -120,7 +120,10 @@ export interface Settle {
   windows: { key: string; windowMs: number; limit: number; amount: number }[];
   /** Calendar counters (monthly tokens, spend) incremented by amount; expire ttlMs after now. */
   counters: { key: string; amount: number; ttlMs: number; limit: number; periodEndMs: number }[];
-  /** Free the admission's slots and forget the reservation. */
+  /**
+   * Free the admission's slots. The reservation record stays (until its TTL) so a later settle of
+   * other metrics of the same request still corrects what was reserved for them.
+   */
   release: boolean;
 }
 
@@ -145,7 +148,11 @@ export interface LimiterStore {
   now(): number;
   decide(decision: Decision): Promise<DecisionResult>;
   settle(settle: Settle): Promise<SettleResult>;
-  /** Free the reservation's slots; false when none was held. Reserved window units stay counted. */
+  /**
+   * Free the reservation's slots; false when none was held (unknown, expired or already freed).
+   * Reserved window units stay counted, and the record stays: a later settle (Debit after Release)
+   * still replaces what was reserved by the actual amount.
+   */
   release(reservationKey: string): Promise<boolean>;
   /** true while the backend answers. */
   healthy(): boolean;

@@ -184,6 +184,19 @@ describe.each(STORES)('UsageService on %s', (kind) => {
     expect((await release('h2', 'k1')).released).toBe(true);
   });
 
+  it('a Debit after a Release still settles actual − reserved (admitted), once', async () => {
+    await decide({ key: 'k1', model: 'm-a', tokens_in: 800, tokens_out: 400, request_id: 'dr1' });
+    expect((await release('dr1', 'k1')).released).toBe(true);
+    const res = await debit({ requestId: 'dr1', key: 'k1', model: 'm-a', tokensIn: 300, tokensOut: 200 });
+    expect(res).toMatchObject({ admitted: true, duplicate: false });
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(500);
+    expect(await used(K.modelTokensIn('acme', 'm-a', 60_000))).toBe(300);
+    expect(await used(K.modelTokensOut('acme', 'm-a', 60_000))).toBe(200);
+    expect((await debit({ requestId: 'dr1', key: 'k1', model: 'm-a', tokensIn: 300 })).duplicate).toBe(true);
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(500);
+    expect((await release('dr1', 'k1')).released).toBe(false);
+  });
+
   it('expired leases free slots and are recorded per key', async () => {
     const metricBefore = await metricValue('ratekeeper_expired_slot_leases_total', {});
     for (let i = 0; i < 5; i++) await decide({ key: 'k2', request_id: `e${i}` });

@@ -354,6 +354,45 @@ export function conformance(name: string, make: MakeStore, opts: { propertyRuns?
         expect((await decide([slot('s', 1)], { reservation: reserve('b') })).admitted).toBe(true);
       });
 
+      it('after a release, a settle still replaces the reservation; releasing twice is harmless', async () => {
+        fresh();
+        const tok = win('tok', 1000, 100, 60_000);
+        await decide([slot('s', 1), tok], { reservation: reserve('a') });
+        expect(await store.release(key('res:a'))).toBe(true);
+        expect(await store.release(key('res:a'))).toBe(false);
+        expect((await decide([slot('s', 1)], { reservation: reserve('b') })).admitted).toBe(true);
+        t += 1000;
+        const s = await store.settle(settleOf('a', 40));
+        expect(s).toMatchObject({ duplicate: false, reserved: true });
+        expect(s.windows[0]!.used).toBe(40);
+        expect((await store.settle(settleOf('a', 40))).duplicate).toBe(true);
+        expect((await peek(tok)).used).toBe(40);
+        // The releasing settle found the slots already freed: b still holds its own.
+        expect((await decide([slot('s', 1)], { reservation: reserve('c') })).admitted).toBe(false);
+        expect(await store.release(key('res:a'))).toBe(false);
+      });
+
+      it('settles of separate metrics each correct their own reservation and free the slot once', async () => {
+        fresh();
+        const tin = win('in', 1000, 300, 60_000);
+        const tout = win('out', 1000, 200, 60_000);
+        await decide([slot('s', 1), tin, tout], { reservation: reserve('a') });
+        const part = (metric: 'in' | 'out', amount: number) => ({
+          ...settleOf('a', amount),
+          onceKey: key(`once:a:${metric}`),
+          windows: [{ key: key(metric), windowMs: 60_000, limit: 1000, amount }],
+        });
+        const first = await store.settle(part('in', 100));
+        expect(first.windows[0]!.used).toBe(100);
+        expect((await decide([slot('s', 1)], { reservation: reserve('b') })).admitted).toBe(true);
+        const second = await store.settle(part('out', 50));
+        expect(second).toMatchObject({ duplicate: false, reserved: true });
+        expect(second.windows[0]!.used).toBe(50);
+        expect((await peek(tin)).used).toBe(100);
+        // b's slot is untouched by the second releasing settle.
+        expect((await decide([slot('s', 1)], { reservation: reserve('c') })).admitted).toBe(false);
+      });
+
       it('forgets reservations after their TTL', async () => {
         fresh();
         await decide([win('tok', 1000, 100, 60_000)], { reservation: reserve('a', 1000) });
