@@ -160,8 +160,13 @@ async function streamDone(deps: Deps, policy: InferencePolicy, parsed: ParsedInf
       ...(usage.tokens !== undefined ? { tokens: usage.tokens } : {}),
     },
     llm.requestId ?? anonymousRequestId(),
+    // Envoy may report tokens_in and tokens_out in separate calls for one request. Each call is
+    // idempotent per request id and metric set (the once-key suffix) and settles only its own
+    // metrics against their reservation (the key's total window takes the reservation's correction
+    // on the first call, later calls add their whole amount). The first call frees the slots; the
+    // reservation record outlives that (store.release keeps it), so the second still settles
+    // against it and its own release is a no-op.
     true,
-    // Envoy may report tokens_in and tokens_out in separate calls for one request: each counts once.
     `:sd:${kinds}`,
   );
   return allOk(parsed.scopes.length);

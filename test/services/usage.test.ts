@@ -284,6 +284,31 @@ describe.each(STORES)('UsageService on %s', (kind) => {
     expect((await decideInference(big, env.deps)).overallCode).toBe(OK);
   });
 
+  it('stream-done tokens_in and tokens_out in separate calls each settle their own reservation', async () => {
+    await decide({ key: 'k1', model: 'm-a', tokens_in: 800, tokens_out: 400, request_id: 'sp1' });
+    const part = (usage: string, amount: number) =>
+      decideInference(
+        rlsRequest([{ entries: { key: 'k1', model: 'm-a', request_id: 'sp1', usage }, hitsAddend: amount }]),
+        env.deps,
+      );
+    expect((await part('tokens_in', 300)).overallCode).toBe(OK);
+    // The first call freed the slot; the reservation stays for the second.
+    expect((await release('sp1', 'k1')).released).toBe(false);
+    expect(await used(K.modelTokensIn('acme', 'm-a', 60_000))).toBe(300);
+    expect(await used(K.modelTokensOut('acme', 'm-a', 60_000))).toBe(400);
+    expect((await part('tokens_out', 200)).overallCode).toBe(OK);
+    expect(env.debits.at(-1)).toMatchObject({ reserved: true, duplicate: false, tokensOut: 200 });
+    expect(await used(K.modelTokensIn('acme', 'm-a', 60_000))).toBe(300);
+    expect(await used(K.modelTokensOut('acme', 'm-a', 60_000))).toBe(200);
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(500);
+    expect(await counter(K.monthlyTokens('acme', 'k:k1', month))).toBe(500);
+    // Envoy retrying either call counts it once.
+    await part('tokens_in', 300);
+    await part('tokens_out', 200);
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(500);
+    expect(await counter(K.monthlyTokens('acme', 'k:k1', month))).toBe(500);
+  });
+
   it('raw keys in Debit and Release never reach store keys, logs or events', async () => {
     const raw = 'sk-usage-raw-SECRET-77';
     env.deps.log.level = 'trace';
