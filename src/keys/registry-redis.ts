@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { RkError } from '../errors.js';
 import {
   type AuditRecord,
+  badToken,
   byIdOrder,
   type Change,
   checkMutation,
@@ -12,10 +13,10 @@ import {
   encodeToken,
   type KeyRegistry,
   KeyView,
+  listStored,
   type Mutation,
   type Page,
   type PageQuery,
-  pageById,
   pageSizeOf,
   type WriteResult,
 } from './registry.js';
@@ -251,12 +252,8 @@ export class RedisKeyRegistry implements KeyRegistry {
     return rows.map((r) => JSON.parse(r) as StoredKey).sort(byIdOrder);
   }
 
-  async list(query: PageQuery & { account?: string }): Promise<Page<StoredKey>> {
-    pageSizeOf(query.pageSize);
-    decodeToken(query.pageToken);
-    const all = await this.all();
-    const rows = query.account ? all.filter((k) => k.account === query.account) : all;
-    return pageById(rows, (k) => k.id, query);
+  list(query: PageQuery & { account?: string }): Promise<Page<StoredKey>> {
+    return listStored(() => this.all(), query);
   }
 
   async write(id: string, mutate: Mutation, change: Change): Promise<WriteResult> {
@@ -303,9 +300,7 @@ export class RedisKeyRegistry implements KeyRegistry {
   async listAudit(query: PageQuery & { target?: string }): Promise<Page<AuditRecord>> {
     const size = pageSizeOf(query.pageSize);
     const cursor = decodeToken(query.pageToken);
-    if (cursor !== undefined && !/^\d+-\d+$/.test(cursor)) {
-      throw new RkError('INVALID_ARGUMENT', 'page_token: not a token this server issued', 'page_token');
-    }
+    if (cursor !== undefined && !/^\d+-\d+$/.test(cursor)) throw badToken();
     const items: AuditRecord[] = [];
     let end = cursor === undefined ? '+' : `(${cursor}`;
     let lastId = '';

@@ -83,11 +83,13 @@ export const pageSizeOf = (pageSize: number): number => {
 
 export const encodeToken = (cursor: string): string => Buffer.from(cursor, 'utf8').toString('base64url');
 
+/** A page token that did not come from this server's pages. */
+export const badToken = (): RkError => invalid('page_token', 'not a token this server issued');
+
 export const decodeToken = (token: string): string | undefined => {
   if (token === '') return undefined;
   const cursor = Buffer.from(token, 'base64url').toString('utf8');
-  if (cursor === '' || encodeToken(cursor) !== token)
-    throw invalid('page_token', 'not a token this server issued');
+  if (cursor === '' || encodeToken(cursor) !== token) throw badToken();
   return cursor;
 };
 
@@ -105,6 +107,20 @@ export const pageById = <T>(sorted: T[], idOf: (item: T) => string, query: PageQ
     items,
     nextPageToken: more && items.length > 0 ? encodeToken(idOf(items[items.length - 1]!)) : '',
   };
+};
+
+/**
+ * List as every registry serves it: paging is checked before the store is read, then one
+ * account's records (all without `account`), by id.
+ */
+export const listStored = async (
+  all: () => Promise<StoredKey[]>,
+  query: PageQuery & { account?: string },
+): Promise<Page<StoredKey>> => {
+  pageSizeOf(query.pageSize);
+  decodeToken(query.pageToken);
+  const rows = await all();
+  return pageById(query.account ? rows.filter((k) => k.account === query.account) : rows, (k) => k.id, query);
 };
 
 export const byIdOrder = (a: StoredKey, b: StoredKey): number => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
@@ -193,10 +209,8 @@ export class MemoryKeyRegistry implements KeyRegistry {
     return this.view.records();
   }
 
-  async list(query: PageQuery & { account?: string }): Promise<Page<StoredKey>> {
-    const all = await this.all();
-    const rows = query.account ? all.filter((k) => k.account === query.account) : all;
-    return pageById(rows, (k) => k.id, query);
+  list(query: PageQuery & { account?: string }): Promise<Page<StoredKey>> {
+    return listStored(() => this.all(), query);
   }
 
   async write(id: string, mutate: Mutation, change: Change): Promise<WriteResult> {
@@ -221,7 +235,7 @@ export class MemoryKeyRegistry implements KeyRegistry {
     const size = pageSizeOf(query.pageSize);
     const cursor = decodeToken(query.pageToken);
     const below = cursor === undefined ? Number.POSITIVE_INFINITY : Number(cursor);
-    if (Number.isNaN(below)) throw invalid('page_token', 'not a token this server issued');
+    if (Number.isNaN(below)) throw badToken();
     const items: AuditRecord[] = [];
     let last = -1;
     let more = false;

@@ -1,4 +1,4 @@
-import { RkError } from '../errors.js';
+import { invalid } from '../errors.js';
 import type { SignalKind } from '../policy/signals.js';
 
 export const FLAG_STATES = ['open', 'reviewed', 'dismissed'] as const;
@@ -127,7 +127,7 @@ export const flagId = (seq: number): string => `f${String(seq).padStart(10, '0')
 /** The sequence of a flag id given as a page token. */
 export const seqOfToken = (token: string): number => {
   const n = /^f(\d{1,15})$/.exec(token);
-  if (!n) throw new RkError('INVALID_ARGUMENT', 'page_token: not a token from a previous page', 'page_token');
+  if (!n) throw invalid('page_token', 'not a token from a previous page');
   return Number(n[1]);
 };
 
