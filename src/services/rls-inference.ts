@@ -44,7 +44,7 @@ export const inferenceDecisions = new Counter({
 
 export const leaseExpiries = new Counter({
   name: 'ratekeeper_expired_slot_leases_total',
-  help: 'Concurrency slot leases freed because no Debit or Release came in time (runaway/hung requests); a request holding a key and an account x model slot counts once per slot.',
+  help: 'Requests whose concurrency slot leases were freed because no Debit or Release came in time (runaway/hung requests); once per request, whatever slots it held.',
   registers: [registry],
 });
 

@@ -12,7 +12,8 @@ local nops = tonumber(ARGV[6])
 
 local kind, lim, p1, p2, shadow, key, xkey = {}, {}, {}, {}, {}, {}, {}
 local fits, pre, S, O, N, C = {}, {}, {}, {}, {}, {}
-local expired = 0
+-- Requests whose leases expired in ops that count expiries, once each (not once per slot).
+local gone, expired = {}, 0
 local ki = 1
 local nowf = fmt(now)
 
@@ -46,11 +47,17 @@ for i = 1, nops do
     if dry then
       active = redis.call('ZCOUNT', key[i], '(' .. nowf, '+inf')
     else
-      local freed = redis.call('ZREMRANGEBYSCORE', key[i], '-inf', nowf)
-      if freed > 0 then
-        expired = expired + freed
+      local freed = redis.call('ZRANGEBYSCORE', key[i], '-inf', nowf)
+      if #freed > 0 then
+        zrem_all(key[i], freed)
         if xkey[i] then
-          count_expired(xkey[i], p2[i], freed)
+          count_expired(xkey[i], p2[i], #freed)
+          for _, r in ipairs(freed) do
+            if not gone[r] then
+              gone[r] = true
+              expired = expired + 1
+            end
+          end
         end
       end
       active = redis.call('ZCARD', key[i])

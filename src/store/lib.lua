@@ -136,6 +136,13 @@ local function wstate(out, key, s, o, n, ok, need, limit, cost, w, now)
   out[#out + 1] = retry
 end
 
+-- ZREM of a list of any length (unpack has a stack limit).
+local function zrem_all(key, members)
+  for a = 1, #members, 1000 do
+    redis.call('ZREM', key, unpack(members, a, math.min(a + 999, #members)))
+  end
+end
+
 -- A reservation as a table, or nil when absent or past its expiry (x) on this clock.
 local function reservation(key, now)
   local flat = redis.call('HGETALL', key)

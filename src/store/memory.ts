@@ -208,7 +208,8 @@ export class MemoryStore implements LimiterStore {
     const fits = new Array<boolean>(n);
     /** Windows: units counted before the decision. Slots: 1 when the request already holds one. */
     const pre = new Array<number>(n);
-    let expiredLeases = 0;
+    /** Requests whose leases expired in ops that count expiries: once per request, not per slot. */
+    let gone: Set<string> | undefined;
 
     for (let i = 0; i < n; i++) {
       const op = ops[i]!;
@@ -224,12 +225,10 @@ export class MemoryStore implements LimiterStore {
         let active = 0;
         if (s) {
           if (!dry) {
-            const freed = this.expireLeases(s, now);
-            if (freed > 0) {
-              expiredLeases += freed;
-              if (op.expiredKey && op.expiredWindowMs)
-                this.count(op.expiredKey, op.expiredWindowMs, freed, now);
-            }
+            const counted = op.expiredKey !== undefined && (op.expiredWindowMs ?? 0) > 0;
+            if (counted) gone ??= new Set();
+            const freed = this.expireLeases(s, now, counted ? gone : undefined);
+            if (freed > 0 && counted) this.count(op.expiredKey!, op.expiredWindowMs!, freed, now);
           }
           for (const exp of s.leases.values()) if (exp > now) active++;
         }
@@ -314,7 +313,7 @@ export class MemoryStore implements LimiterStore {
         };
       }
     }
-    return { admitted, denied, states, nowMs: now, expiredLeases };
+    return { admitted, denied, states, nowMs: now, expiredLeases: gone?.size ?? 0 };
   }
 
   private settleNow(s: Settle): SettleResult {
@@ -389,11 +388,13 @@ export class MemoryStore implements LimiterStore {
     add(w, i, amount, windowMs);
   }
 
-  private expireLeases(s: SlotSet, now: number): number {
+  /** Frees expired leases; returns how many, adding their request ids to `into` when given. */
+  private expireLeases(s: SlotSet, now: number, into?: Set<string>): number {
     let freed = 0;
     for (const [id, exp] of s.leases) {
       if (exp <= now) {
         s.leases.delete(id);
+        into?.add(id);
         freed++;
       }
     }

@@ -38,7 +38,11 @@ export interface SlotOp {
   key: string;
   limit: number;
   leaseMs: number;
-  /** Where lease expiries found while checking are counted (a window key of expiredWindowMs). */
+  /**
+   * Where lease expiries found while checking are counted (a window key of expiredWindowMs). Only
+   * ops with one report expiries in DecisionResult.expiredLeases: give it to the one slot every
+   * request holds (the key's), so a request holding several slots is not counted per slot.
+   */
   expiredKey?: string;
   expiredWindowMs?: number;
 }
@@ -101,7 +105,10 @@ export interface DecisionResult {
   states: OpState[];
   /** The store clock at the decision, Unix ms. */
   nowMs: number;
-  /** Slot leases found expired (and freed) during this decision. */
+  /**
+   * Requests whose leases were found expired (and freed) during this decision, in slot ops with an
+   * expiredKey; a request freed in several such ops counts once.
+   */
   expiredLeases: number;
 }
 

@@ -32,7 +32,14 @@ class Sim {
     const r = await this.store.decide({
       atomic: true,
       ops: [
-        { kind: 'slot', key: `c:${key}`, limit: 5, leaseMs: 10 * M },
+        {
+          kind: 'slot',
+          key: `c:${key}`,
+          limit: 5,
+          leaseMs: 10 * M,
+          expiredKey: `x:${key}`,
+          expiredWindowMs: 60 * M,
+        },
         { kind: 'window', key: `w:${key}`, limit: 60, windowMs: M, cost: 1 },
       ],
       reservation: { requestId, key: `res:${requestId}`, ttlMs: 20 * M },

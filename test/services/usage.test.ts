@@ -212,6 +212,16 @@ describe.each(STORES)('UsageService on %s', (kind) => {
     expect(await counter(K.monthlyTokens('acme', 'k:k2', month))).toBe(10);
   });
 
+  it('a request holding a key and an account × model slot counts as one expired lease', async () => {
+    const metricBefore = await metricValue('ratekeeper_expired_slot_leases_total', {});
+    for (let i = 0; i < 3; i++) await decide({ key: 'k2', model: 'm-a', request_id: `em${i}` });
+    env.clock.t = T0 + 60_001;
+    expect((await decide({ key: 'k2', model: 'm-a', request_id: 'em3' })).overallCode).toBe(OK);
+    expect(await metricValue('ratekeeper_expired_slot_leases_total', {})).toBe(metricBefore + 3);
+    expect(env.expiries.map((e) => e.count)).toEqual([3]);
+    expect(await used(K.keyExpired('acme', 'k:k2'), 3_600_000)).toBe(3);
+  });
+
   it('spend caps reached through debits deny the next request: daily 402, then monthly 402', async () => {
     expect((await decide({ key: 'spender', model: 'm-a', request_id: 'b1' })).overallCode).toBe(OK);
     // 60 000 output tokens at $10/M = $0.60 ≥ the $0.50 daily cap.

@@ -228,6 +228,30 @@ export function conformance(name: string, make: MakeStore, opts: { propertyRuns?
       expect(next.expiredLeases).toBe(0);
     });
 
+    it('slots: an expired request counts once, however many slots it held', async () => {
+      fresh();
+      const ops: Op[] = [slot('k', 5, 10_000, 'expired'), slot('m', 5, 10_000)];
+      await decide(ops, { reservation: reserve('a') });
+      await decide(ops, { reservation: reserve('b') });
+      t += 10_000;
+      const r = await decide(ops, { reservation: reserve('c') });
+      expect(r.expiredLeases).toBe(2);
+      expect(r.states.map((s) => s.used)).toEqual([1, 1]);
+      // Two ops that count: each window counts its own, the decision counts requests.
+      const both: Op[] = [slot('k2', 5, 10_000, 'x1'), slot('m2', 5, 10_000, 'x2')];
+      await decide(both, { reservation: reserve('d') });
+      t += 10_000;
+      expect((await decide(both, { reservation: reserve('e') })).expiredLeases).toBe(1);
+      expect((await peek(win('x1', 100, 0, 60_000))).used).toBe(1);
+      expect((await peek(win('x2', 100, 0, 60_000))).used).toBe(1);
+      // Slots without an expiry window are freed but not counted.
+      await decide([slot('m3', 5, 10_000)], { reservation: reserve('f') });
+      t += 10_000;
+      const quiet = await decide([slot('m3', 5, 10_000)], { reservation: reserve('g') });
+      expect(quiet.expiredLeases).toBe(0);
+      expect(quiet.states[0]!.used).toBe(1);
+    });
+
     it('slot limit 0 never admits', async () => {
       fresh();
       const r = await decide([slot('s', 0)], { reservation: reserve('a') });
