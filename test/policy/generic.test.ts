@@ -1,11 +1,7 @@
-import { create } from '@bufbuild/protobuf';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import YAML from 'yaml';
-import {
-  RateLimitRequestSchema,
-  RateLimitResponse_Code,
-} from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import { RateLimitResponse_Code } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import { RateLimitUnit } from '../../gen/envoy/type/v3/ratelimit_unit_pb.js';
 import type { GenericDomain } from '../../src/config/generic.js';
 import { parseConfigFiles } from '../../src/config/load.js';
@@ -20,25 +16,10 @@ import {
   windowKey,
 } from '../../src/policy/generic.js';
 import type { DecisionResult, OpState } from '../../src/store/store.js';
+import { type Desc, genericRequest } from './generic-fixture.js';
 
 const domainOf = (text: string): GenericDomain =>
   [...parseConfigFiles([{ file: 't.yaml', text }]).domains.values()][0]!;
-
-type Desc = {
-  e: [string, string][];
-  hits?: number;
-  limit?: { requestsPerUnit: number; unit: RateLimitUnit };
-};
-const request = (domain: string, descs: Desc[], hitsAddend = 0) =>
-  create(RateLimitRequestSchema, {
-    domain,
-    hitsAddend,
-    descriptors: descs.map((d) => ({
-      entries: d.e.map(([key, value]) => ({ key, value })),
-      ...(d.hits === undefined ? {} : { hitsAddend: BigInt(d.hits) }),
-      ...(d.limit ? { limit: d.limit } : {}),
-    })),
-  });
 
 const entries = (...kv: [string, string][]) => kv.map(([key, value]) => ({ key, value }));
 
@@ -170,7 +151,7 @@ describe('planGeneric', () => {
   it('one non-atomic window op per limited descriptor, with its own key, window and cost', () => {
     const plan = planGeneric(
       messaging,
-      request('messaging', [
+      genericRequest('messaging', [
         { e: [['to_number', '1']] },
         { e: [['nothing', 'here']] },
         { e: [['remote_address', '1.2.3.4']] },
@@ -192,7 +173,7 @@ describe('planGeneric', () => {
 
   it('hits_addend: the descriptor wins (0 = check only), else the request, where 0 means 1', () => {
     const costs = (descs: Desc[], hits: number) =>
-      planGeneric(messaging, request('messaging', descs, hits)).decision.ops.map((o) => o.cost);
+      planGeneric(messaging, genericRequest('messaging', descs, hits)).decision.ops.map((o) => o.cost);
     const d = (hits?: number): Desc =>
       hits === undefined ? { e: [['to_number', '1']] } : { e: [['to_number', '1']], hits };
     expect(costs([d()], 0)).toEqual([1]);
@@ -205,7 +186,9 @@ describe('planGeneric', () => {
   it('an unknown domain limits nothing, even with overrides', () => {
     const plan = planGeneric(
       undefined,
-      request('nope', [{ e: [['a', 'b']], limit: { requestsPerUnit: 1, unit: RateLimitUnit.SECOND } }]),
+      genericRequest('nope', [
+        { e: [['a', 'b']], limit: { requestsPerUnit: 1, unit: RateLimitUnit.SECOND } },
+      ]),
     );
     expect(plan.decision.ops).toEqual([]);
     const res = genericResponse(plan, undefined);
@@ -222,7 +205,7 @@ describe('planGeneric', () => {
     );
     const plan = planGeneric(
       shadowed,
-      request('s', [
+      genericRequest('s', [
         { e: [['u', 'x']], limit: { requestsPerUnit: 42, unit: RateLimitUnit.HOUR } },
         { e: [['u', 'y']] },
       ]),
@@ -234,11 +217,16 @@ describe('planGeneric', () => {
     // Applies even where no rule matches.
     const free = planGeneric(
       shadowed,
-      request('s', [{ e: [['other', 'x']], limit: { requestsPerUnit: 2, unit: RateLimitUnit.SECOND } }]),
+      genericRequest('s', [
+        { e: [['other', 'x']], limit: { requestsPerUnit: 2, unit: RateLimitUnit.SECOND } },
+      ]),
     );
     expect(free.decision.ops).toHaveLength(1);
     expect(() =>
-      planGeneric(shadowed, request('s', [{ e: [['u', 'x']], limit: { requestsPerUnit: 2, unit: 0 } }])),
+      planGeneric(
+        shadowed,
+        genericRequest('s', [{ e: [['u', 'x']], limit: { requestsPerUnit: 2, unit: 0 } }]),
+      ),
     ).toThrow(RkError);
   });
 
@@ -276,9 +264,13 @@ descriptors:
         ['user', 'bkthomps'],
       ],
     };
-    expect(planGeneric(example7, request('example7', [d1])).decision.ops.map((o) => o.limit)).toEqual([5]);
-    expect(planGeneric(example7, request('example7', [d2])).decision.ops.map((o) => o.limit)).toEqual([10]);
-    const both = planGeneric(example7, request('example7', [d1, d2]));
+    expect(planGeneric(example7, genericRequest('example7', [d1])).decision.ops.map((o) => o.limit)).toEqual([
+      5,
+    ]);
+    expect(planGeneric(example7, genericRequest('example7', [d2])).decision.ops.map((o) => o.limit)).toEqual([
+      10,
+    ]);
+    const both = planGeneric(example7, genericRequest('example7', [d1, d2]));
     expect(both.decision.ops.map((o) => o.limit)).toEqual([10]);
     expect(both.slots.map((s) => s.kind)).toEqual(['none', 'limit']);
   });
@@ -301,7 +293,7 @@ descriptors:
 `);
     const plan = planGeneric(
       d,
-      request('x', [
+      genericRequest('x', [
         { e: [['internal', 'batch']] },
         {
           e: [
@@ -345,7 +337,12 @@ descriptors:
   it('maps states to statuses in request order, like envoyproxy/ratelimit', () => {
     const plan = planGeneric(
       d,
-      request('r', [{ e: [['a', '1']] }, { e: [['none', '1']] }, { e: [['u', '1']] }, { e: [['b', '1']] }]),
+      genericRequest('r', [
+        { e: [['a', '1']] },
+        { e: [['none', '1']] },
+        { e: [['u', '1']] },
+        { e: [['b', '1']] },
+      ]),
     );
     const res = genericResponse(plan, result(ok(7, 59_001), over(1_500, 1_900)));
     expect(res.overallCode).toBe(RateLimitResponse_Code.OVER_LIMIT);
@@ -372,7 +369,7 @@ descriptors:
   });
 
   it('a cost above the limit never fits: it reports the full reset time', () => {
-    const plan = planGeneric(d, request('r', [{ e: [['b', '1']], hits: 5 }]));
+    const plan = planGeneric(d, genericRequest('r', [{ e: [['b', '1']], hits: 5 }]));
     const res = genericResponse(plan, result(over(-1, 800)));
     expect(res.statuses[0]).toMatchObject({
       code: RateLimitResponse_Code.OVER_LIMIT,
@@ -381,7 +378,7 @@ descriptors:
   });
 
   it('shadow mode over its limit answers OK with limit_remaining 0 and leaves the overall code OK', () => {
-    const plan = planGeneric(d, request('r', [{ e: [['s', '1']] }, { e: [['a', '1']] }]));
+    const plan = planGeneric(d, genericRequest('r', [{ e: [['s', '1']] }, { e: [['a', '1']] }]));
     const res = genericResponse(plan, result(over(3_000_000), ok(9)));
     expect(res.overallCode).toBe(RateLimitResponse_Code.OK);
     expect(res.statuses[0]).toMatchObject({
@@ -392,7 +389,7 @@ descriptors:
   });
 
   it('adds the binding limit as headers only when asked', () => {
-    const plan = planGeneric(d, request('r', [{ e: [['a', '1']] }, { e: [['b', '1']] }]));
+    const plan = planGeneric(d, genericRequest('r', [{ e: [['a', '1']] }, { e: [['b', '1']] }]));
     const headers = (r: ReturnType<typeof genericResponse>) =>
       Object.fromEntries(r.responseHeadersToAdd.map((h) => [h.key, h.value]));
     // OK: the least remaining binds.
@@ -411,7 +408,7 @@ descriptors:
         'RateLimit-Reset': '10',
       },
     );
-    const none = planGeneric(d, request('r', [{ e: [['none', '1']] }]));
+    const none = planGeneric(d, genericRequest('r', [{ e: [['none', '1']] }]));
     expect(genericResponse(none, undefined, DEFAULT_GENERIC_HEADERS).responseHeadersToAdd).toEqual([]);
   });
 });

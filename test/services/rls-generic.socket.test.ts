@@ -16,6 +16,7 @@ import { UNLIMITED_REMAINING } from '../../src/policy/generic.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { connectClient, type GrpcClient, grpcClient } from '../harness/clients.js';
 import { startTestServer, type TestServer } from '../harness/server.js';
+import { codes } from '../policy/generic-fixture.js';
 
 const { OK, OVER_LIMIT } = RateLimitResponse_Code;
 
@@ -57,7 +58,6 @@ descriptors:
 
 type Req = MessageInitShape<typeof RateLimitRequestSchema>;
 const d = (...kv: [string, string][]) => ({ entries: kv.map(([key, value]) => ({ key, value })) });
-const codes = (r: RateLimitResponse) => [r.overallCode, ...r.statuses.map((s) => s.code)];
 
 /** Polls `fn` until `pred` holds (the watcher reloads asynchronously); fails after 10 s. */
 const eventually = async <T>(fn: () => Promise<T>, pred: (v: T) => boolean): Promise<T> => {

@@ -1,16 +1,12 @@
-import { create } from '@bufbuild/protobuf';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import {
-  RateLimitRequestSchema,
-  type RateLimitResponse,
-  RateLimitResponse_Code,
-} from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import { RateLimitResponse_Code } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import { RateLimitUnit } from '../../gen/envoy/type/v3/ratelimit_unit_pb.js';
 import { parseConfigFiles } from '../../src/config/load.js';
 import { DEFAULT_GENERIC_HEADERS, UNLIMITED_REMAINING } from '../../src/policy/generic.js';
 import type { RuntimeConfig } from '../../src/services/deps.js';
 import { decideGeneric, type GenericOptions } from '../../src/services/rls-generic.js';
 import { MemoryStore } from '../../src/store/memory.js';
+import { codes, type Desc, genericRequest } from '../policy/generic-fixture.js';
 
 const { OK, OVER_LIMIT } = RateLimitResponse_Code;
 
@@ -46,30 +42,12 @@ descriptors:
 
 const configOf = (text: string): RuntimeConfig => parseConfigFiles([{ file: 'edge.yaml', text }]);
 
-type Desc = {
-  e: [string, string][];
-  hits?: number;
-  limit?: { requestsPerUnit: number; unit: RateLimitUnit };
-};
-const req = (descs: Desc[], hitsAddend = 0, domain = 'edge') =>
-  create(RateLimitRequestSchema, {
-    domain,
-    hitsAddend,
-    descriptors: descs.map((d) => ({
-      entries: d.e.map(([key, value]) => ({ key, value })),
-      ...(d.hits === undefined ? {} : { hitsAddend: BigInt(d.hits) }),
-      ...(d.limit ? { limit: d.limit } : {}),
-    })),
-  });
-
-const codes = (r: RateLimitResponse) => [r.overallCode, ...r.statuses.map((s) => s.code)];
-
 describe('decideGeneric with the memory store', () => {
   let now: number;
   let store: MemoryStore;
   let config: RuntimeConfig;
   const decide = (descs: Desc[], hits = 0, options?: GenericOptions, domain?: string) =>
-    decideGeneric(req(descs, hits, domain), { store, config: () => config }, options);
+    decideGeneric(genericRequest(domain ?? 'edge', descs, hits), { store, config: () => config }, options);
   const ip = (v: string): Desc => ({ e: [['remote_address', v]] });
 
   beforeEach(() => {
@@ -174,7 +152,7 @@ describe('decideGeneric with the memory store', () => {
       }),
       config: () => config,
     };
-    const r = await decideGeneric(req([{ e: [['client_id', 'internal']] }]), counting);
+    const r = await decideGeneric(genericRequest('edge', [{ e: [['client_id', 'internal']] }]), counting);
     expect(r.statuses[0]).toMatchObject({ code: OK, limitRemaining: UNLIMITED_REMAINING });
     expect(r.statuses[0]!.currentLimit).toBeUndefined();
     expect(calls).toEqual([]);
