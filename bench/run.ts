@@ -191,6 +191,8 @@ export interface Pass {
   redisCpuShare?: number;
   redisCallsPerDecision?: number;
   redisCommandsPerDecision?: number;
+  /** Script calls (EVAL/EVALSHA/FCALL) per decision: the decision path's round trips. */
+  redisScriptsPerDecision?: number;
   /** Redis time per decision (commandstats usec of the calls clients sent; scripts include their commands). */
   redisUsPerDecision?: number;
   redisCommands?: Record<string, number>;
@@ -271,6 +273,8 @@ const measure = async (w0: Window, w1: Window, ownCpuMs: number): Promise<Measur
   if (w0.failures && w1.failures) result.failures = (await w1.failures) - (await w0.failures);
   return result;
 };
+
+const SCRIPT_COMMANDS = new Set(['eval', 'evalsha', 'eval_ro', 'evalsha_ro', 'fcall', 'fcall_ro']);
 
 /** Which side ran out first: the busiest of client, server and Redis CPU, or the shared machine. */
 const verdict = (
@@ -545,6 +549,10 @@ const finishPass = (
     pass.redisUsPerDecision = clientCalls(m.commands.usec, p.sample) / inWindow;
     pass.redisCommandsPerDecision = total / inWindow;
     pass.redisCallsPerDecision = clientCalls(m.commands.calls, p.sample) / inWindow;
+    pass.redisScriptsPerDecision =
+      Object.entries(m.commands.calls)
+        .filter(([name]) => SCRIPT_COMMANDS.has(name))
+        .reduce((n, [, c]) => n + c, 0) / inWindow;
   }
   log(
     `  ${p.id} ${p.driver} ${p.mode}: ${Math.round(r.rate)}/s p99 ${r.latency.p99.toFixed(2)} ms, server ${Math.round(serverCpuShare * 100)}%, client ${Math.round(r.clientCpuShare * 100)}%${
