@@ -1,15 +1,6 @@
-import { create } from '@bufbuild/protobuf';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import {
-  RateLimitDescriptor_EntrySchema,
-  RateLimitDescriptorSchema,
-} from '../../gen/envoy/extensions/common/ratelimit/v3/ratelimit_pb.js';
-import {
-  RateLimitRequestSchema,
-  type RateLimitResponse,
-  RateLimitResponse_Code,
-} from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import { RateLimitResponse_Code } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import { AdminService } from '../../gen/ratekeeper/v1/admin_pb.js';
 import { FlagState } from '../../gen/ratekeeper/v1/report_pb.js';
 import { UsageService } from '../../gen/ratekeeper/v1/usage_pb.js';
@@ -18,6 +9,7 @@ import { hashWithPepper } from '../../src/keys/hash.js';
 import { MemoryKeyRegistry } from '../../src/keys/registry.js';
 import { MemoryReportStore } from '../../src/report/memory.js';
 import { decideInference } from '../../src/services/rls-inference.js';
+import { body, headers, rlsRequest } from '../policy/inference-fixture.js';
 import {
   ADMIN_TOKEN,
   type AdminServer,
@@ -26,23 +18,6 @@ import {
   rpcClient,
   startAdminServer,
 } from './admin-server.js';
-
-/** One LLM descriptor with the given entries. */
-const rlsRequest = (entries: Record<string, string | number>) =>
-  create(RateLimitRequestSchema, {
-    domain: 'inference',
-    descriptors: [
-      create(RateLimitDescriptorSchema, {
-        entries: Object.entries(entries).map(([key, value]) =>
-          create(RateLimitDescriptor_EntrySchema, { key, value: String(value) }),
-        ),
-      }),
-    ],
-  });
-const headers = (res: RateLimitResponse): Record<string, string> =>
-  Object.fromEntries(res.responseHeadersToAdd.map((h) => [h.key, h.value]));
-const body = (res: RateLimitResponse): { error: { code: string } } =>
-  JSON.parse(new TextDecoder().decode(res.rawBody));
 
 const code = async (p: Promise<unknown>): Promise<RpcError> => {
   const err = await p.then(
@@ -323,7 +298,7 @@ describe('key lifecycle against the inference decision', () => {
     const { rawKey, key } = await admin.createKey({ account: 'acme', caps: { monthlyTokens: 100_000n } });
     const ask = (requestId: string) =>
       decideInference(
-        rlsRequest({ key: rawKey, model: 'm1', tokens: 50, request_id: requestId }),
+        rlsRequest([{ key: rawKey, model: 'm1', tokens: 50, request_id: requestId }]),
         server.deps,
       );
 
@@ -351,7 +326,8 @@ describe('key lifecycle against the inference decision', () => {
 
   it('a lowered cap applies at the next request', async () => {
     const { rawKey, key } = await admin.createKey({ caps: { maxTokensPerRequest: 1000n } });
-    const ask = () => decideInference(rlsRequest({ key: rawKey, model: 'm1', tokens_out: 500 }), server.deps);
+    const ask = () =>
+      decideInference(rlsRequest([{ key: rawKey, model: 'm1', tokens_out: 500 }]), server.deps);
     expect((await ask()).overallCode).toBe(RateLimitResponse_Code.OK);
     await admin.updateKey({ id: key!.id, caps: { maxTokensPerRequest: 100n } });
     const res = await ask();
