@@ -657,7 +657,9 @@ const scriptCeiling = async (
     pass.command = command;
     ctx.passes.push(pass);
   }
-  const rb = await redisBenchmark(redis.port, command, Math.max(20_000, Math.round(o.durationS * 40_000)));
+  // redis-benchmark counts requests, not time: about the measured duration at 1.5× the ioredis rate.
+  const n = Math.max(20_000, Math.round(r.rate * 1.5 * o.durationS));
+  const rb = await redisBenchmark(redis.port, command, n);
   if (!rb) {
     ctx.notes.push('redis-benchmark not found or failed: script ceiling from ioredis only');
     return;
