@@ -42,6 +42,13 @@ export const CONNECTION_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
+/** Flags of every list command: the page to start at, its size, and whether to read on to the end. */
+export const PAGE_OPTIONS = {
+  'page-size': { type: 'string' },
+  'page-token': { type: 'string' },
+  all: { type: 'boolean' },
+} as const;
+
 export const CONNECTION_HELP = `connection:
   --addr HOST:PORT   server gRPC address (env ${ADDR_ENV}, default ${DEFAULT_ADDR})
   --token TOKEN      bearer token (env ${TOKEN_ENV})

@@ -25,6 +25,7 @@ import {
   type Io,
   isoTime,
   json,
+  PAGE_OPTIONS,
   parseCount,
   parseUsd,
   processIo,
@@ -75,9 +76,7 @@ const OPTIONS = {
   'monthly-spend': { type: 'string' },
   'daily-spend': { type: 'string' },
   clear: { type: 'string', multiple: true },
-  'page-size': { type: 'string' },
-  'page-token': { type: 'string' },
-  all: { type: 'boolean' },
+  ...PAGE_OPTIONS,
 } as const;
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
@@ -219,6 +218,10 @@ const keysCommand = async (
   io: Io,
 ): Promise<number> => {
   const admin = rpcClient(AdminService, conn);
+  const showKey = (key: Key): number => {
+    io.out(v.json ? json(KeySchema, key) : keyDetail(key));
+    return 0;
+  };
   try {
     switch (cmd) {
       case 'create': {
@@ -259,35 +262,26 @@ const keysCommand = async (
         }
         return 0;
       }
-      case 'get': {
-        const key = await admin.getKey({ id: one(rest, 'key id') });
-        io.out(v.json ? json(KeySchema, key) : keyDetail(key));
-        return 0;
-      }
+      case 'get':
+        return showKey(await admin.getKey({ id: one(rest, 'key id') }));
       case 'update': {
         const id = one(rest, 'key id');
         const { caps, clear } = capsOf(v, true);
-        const key = await admin.updateKey({
-          id,
-          caps,
-          clearCaps: clear,
-          ...(v.tier !== undefined ? { tier: v.tier } : {}),
-          ...(v.account !== undefined ? { account: v.account } : {}),
-          ...(v.name !== undefined ? { name: v.name } : {}),
-        });
-        io.out(v.json ? json(KeySchema, key) : keyDetail(key));
-        return 0;
+        return showKey(
+          await admin.updateKey({
+            id,
+            caps,
+            clearCaps: clear,
+            ...(v.tier !== undefined ? { tier: v.tier } : {}),
+            ...(v.account !== undefined ? { account: v.account } : {}),
+            ...(v.name !== undefined ? { name: v.name } : {}),
+          }),
+        );
       }
-      case 'disable': {
-        const key = await admin.disableKey({ id: one(rest, 'key id'), reason: v.reason ?? '' });
-        io.out(v.json ? json(KeySchema, key) : keyDetail(key));
-        return 0;
-      }
-      case 'enable': {
-        const key = await admin.enableKey({ id: one(rest, 'key id') });
-        io.out(v.json ? json(KeySchema, key) : keyDetail(key));
-        return 0;
-      }
+      case 'disable':
+        return showKey(await admin.disableKey({ id: one(rest, 'key id'), reason: v.reason ?? '' }));
+      case 'enable':
+        return showKey(await admin.enableKey({ id: one(rest, 'key id') }));
       case 'delete': {
         const id = one(rest, 'key id');
         await admin.deleteKey({ id });

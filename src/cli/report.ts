@@ -25,6 +25,7 @@ import {
   type Io,
   isoTime,
   json,
+  PAGE_OPTIONS,
   processIo,
   rpcClient,
   runRemote,
@@ -67,9 +68,7 @@ const OPTIONS = {
   by: { type: 'string' },
   window: { type: 'string' },
   limit: { type: 'string' },
-  'page-size': { type: 'string' },
-  'page-token': { type: 'string' },
-  all: { type: 'boolean' },
+  ...PAGE_OPTIONS,
 } as const;
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
