@@ -77,7 +77,7 @@ export interface ConnectionValues {
   help?: boolean;
 }
 
-export const connectionFrom = (values: ConnectionValues, env: NodeJS.ProcessEnv): Connection => {
+const connectionFrom = (values: ConnectionValues, env: NodeJS.ProcessEnv): Connection => {
   const timeout = values.timeout === undefined ? 10 : Number(values.timeout);
   if (!Number.isFinite(timeout) || timeout <= 0) throw new UsageError('--timeout: seconds > 0');
   const token = values.token ?? env[TOKEN_ENV];

@@ -6,6 +6,3 @@ import { createHash } from 'node:crypto';
  */
 export const hashWithPepper = (raw: string, pepper: string): string =>
   createHash('sha256').update(pepper).update(raw).digest('hex');
-
-/** The policy file's notation for a key hash. */
-export const formatKeyHash = (hash: string): string => `sha256:${hash}`;

@@ -41,12 +41,24 @@ const countRule = (def: { count: number; windowMs: number }) =>
       windowMs: r.window ?? def.windowMs,
     }));
 
+const runawayRule = z
+  .strictObject({
+    count: z.number().int().positive().optional(),
+    window: duration.optional(),
+    held_longer_than: duration.optional(),
+  })
+  .transform((r) => ({
+    count: r.count ?? d.runaway.count,
+    windowMs: r.window ?? d.runaway.windowMs,
+    heldLongerThanMs: r.held_longer_than ?? d.runaway.heldLongerThanMs,
+  }));
+
 export const signalsSchema = z
   .strictObject({
     bucket: duration.optional(),
     request_rate: shareRule(d.requestRate).optional(),
     token_rate: shareRule(d.tokenRate).optional(),
-    runaway: countRule(d.runaway).optional(),
+    runaway: runawayRule.optional(),
     retry_storm: countRule(d.retryStorm).optional(),
     limit_splitting: z
       .strictObject({
@@ -72,5 +84,3 @@ export const signalsSchema = z
       alertShares: [...new Set(s.alert_shares ?? d.alertShares)].sort((a, b) => a - b),
     }),
   );
-
-export type SignalsInput = z.input<typeof signalsSchema>;

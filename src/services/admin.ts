@@ -83,7 +83,7 @@ const requireId = (id: string): string => {
 const notFound = (id: string): RkError => new RkError('NOT_FOUND', `key "${id}" not found`);
 
 /** A key as GetKey shows it: policy record overlaid by the stored one, with each value's source. */
-export interface MergedKey {
+interface MergedKey {
   record: KeyRecord;
   sources: Record<string, 'policy' | 'store'>;
 }
@@ -93,7 +93,7 @@ export interface MergedKey {
  * are unlimited, a missing account is the key itself, a missing tier is the policy's default.
  * A value neither file nor store sets (a default) has no entry in `sources`.
  */
-export const mergeKey = (
+const mergeKey = (
   base: KeyRecord | undefined,
   stored: StoredKey | undefined,
   policy: InferencePolicy | undefined,

@@ -36,7 +36,7 @@ export const MAX_TOP_LIMIT = 1_000;
 /** Alerts a slow WatchAlerts subscriber may fall behind by before its stream is ended. */
 export const WATCH_BACKLOG = 1_000;
 
-export const alertToProto = (a: Alert): AlertMsg =>
+const alertToProto = (a: Alert): AlertMsg =>
   create(AlertSchema, {
     at: wholeMsTimestamp(a.atMs),
     kind:
