@@ -13,9 +13,10 @@ import type { Settings } from './settings.js';
 import { createStore, type StoreHandle, type StoreSettings, withFailureMode } from './store/factory.js';
 import type { LimiterStore } from './store/store.js';
 import { type ServiceAuth, serviceAuthFromEnv } from './transport/auth.js';
-import { type HttpTransport, startHttp } from './transport/connect.js';
-import { type GrpcTransport, startGrpc } from './transport/grpc.js';
+import { startHttp } from './transport/connect.js';
+import { startGrpc } from './transport/grpc.js';
 import { Health } from './transport/health.js';
+import type { Listener } from './transport/types.js';
 
 /** How often the store's health is looked at, for closed failure mode's NOT_SERVING. */
 const STORE_HEALTH_POLL_MS = 1_000;
@@ -114,8 +115,8 @@ export const startServer = async (settings: Settings, parts: ServerParts = {}): 
   });
 
   let health: Health;
-  let grpc: GrpcTransport;
-  let httpT: HttpTransport;
+  let grpc: Listener;
+  let httpT: Listener;
   let metrics: http.Server;
   let deps: Deps;
   let report: ReportRuntime;

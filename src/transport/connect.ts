@@ -11,9 +11,8 @@ import {
 } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
 import type { Logger } from '../log.js';
-import type { Health } from './health.js';
 import { failure, toConnectError } from './status.js';
-import type { CallContext, ServiceBinding } from './types.js';
+import type { CallContext, Listener, ListenerOptions, ServiceBinding } from './types.js';
 
 /** Requests larger than this are refused before decoding. */
 const READ_MAX_BYTES = 4 * 1024 * 1024;
@@ -65,25 +64,11 @@ const routes =
     }
   };
 
-export interface HttpTransport {
-  port: number;
-  /** Stops accepting, ends streams, waits for in-flight requests up to drainMs, then closes sockets. */
-  shutdown(drainMs: number): Promise<void>;
-}
-
-export interface HttpOptions {
-  bindings: ServiceBinding[];
-  health: Health;
-  log: Logger;
-  host: string;
-  port: number;
-}
-
 /**
  * One port, HTTP/1.1 and cleartext h2 (prior knowledge): node's http2 server only negotiates
  * HTTP/1.1 over TLS, so each connection's first bytes pick the server it is handed to.
  */
-export const startHttp = async (opts: HttpOptions): Promise<HttpTransport> => {
+export const startHttp = async (opts: ListenerOptions): Promise<Listener> => {
   const { log, health } = opts;
   const stopping = new AbortController();
   const adapter = connectNodeAdapter({

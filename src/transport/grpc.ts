@@ -17,11 +17,9 @@ import {
   type sendUnaryData,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import type { Logger } from '../log.js';
-import type { Health } from './health.js';
 import { addReflection } from './reflection.js';
 import { failure, toGrpcError } from './status.js';
-import type { CallContext, ServiceBinding } from './types.js';
+import type { CallContext, Listener, ListenerOptions, ServiceBinding } from './types.js';
 
 /**
  * channelz bookkeeping costs on every call and nobody reads it here. Server keepalive pings find
@@ -102,21 +100,7 @@ class GrpcCallContext implements CallContext {
   }
 }
 
-export interface GrpcTransport {
-  port: number;
-  /** Stops accepting, ends streams, waits for in-flight calls up to drainMs, then cuts the rest. */
-  shutdown(drainMs: number): Promise<void>;
-}
-
-export interface GrpcOptions {
-  bindings: ServiceBinding[];
-  health: Health;
-  log: Logger;
-  host: string;
-  port: number;
-}
-
-export const startGrpc = async (opts: GrpcOptions): Promise<GrpcTransport> => {
+export const startGrpc = async (opts: ListenerOptions): Promise<Listener> => {
   const { log } = opts;
   const server = new Server(SERVER_OPTIONS);
   const streams = new Set<GrpcCallContext>();

@@ -1,5 +1,7 @@
 import type { DescMessage, DescService, MessageShape } from '@bufbuild/protobuf';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
+import type { Logger } from '../log.js';
+import type { Health } from './health.js';
 
 /** What a handler sees of a call, the same on gRPC and Connect. */
 export interface CallContext {
@@ -42,3 +44,19 @@ export const bind = <S extends GenService<GenServiceMethods>>(
   impl: ServiceImpl<S>,
   auth?: (ctx: CallContext) => void,
 ): ServiceBinding => ({ service, impl: impl as ServiceBinding['impl'], ...(auth ? { auth } : {}) });
+
+/** What both transport adapters are started with: the same services on either port. */
+export interface ListenerOptions {
+  bindings: ServiceBinding[];
+  health: Health;
+  log: Logger;
+  host: string;
+  port: number;
+}
+
+/** A started transport adapter. */
+export interface Listener {
+  port: number;
+  /** Stops accepting, ends streams, waits for in-flight calls up to drainMs, then cuts the rest. */
+  shutdown(drainMs: number): Promise<void>;
+}

@@ -15,8 +15,9 @@ import { usageBinding } from '../../src/services/usage.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import type { LimiterStore } from '../../src/store/store.js';
 import { bearerAuth } from '../../src/transport/auth.js';
-import { type GrpcTransport, startGrpc } from '../../src/transport/grpc.js';
+import { startGrpc } from '../../src/transport/grpc.js';
 import { Health } from '../../src/transport/health.js';
+import type { Listener } from '../../src/transport/types.js';
 
 export const PEPPER = 'test-pepper';
 export const ADMIN_TOKEN = 'alice-token-0123456789';
@@ -83,7 +84,7 @@ export async function startAdminServer(opts: {
   };
   const bindings = [adminBinding(deps), rlsBinding(deps), usageBinding(deps)];
   const health = new Health(bindings.map((b) => b.service.typeName));
-  const grpc: GrpcTransport = await startGrpc({ bindings, health, log, host: '127.0.0.1', port: 0 });
+  const grpc: Listener = await startGrpc({ bindings, health, log, host: '127.0.0.1', port: 0 });
   health.set(true);
   const addr = `127.0.0.1:${grpc.port}`;
   return {

@@ -9,10 +9,10 @@ import { RateLimitResponse_Code, RateLimitService } from '../../gen/envoy/servic
 import { ReportService } from '../../gen/ratekeeper/v1/report_pb.js';
 import { RkError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
-import { type HttpTransport, startHttp } from '../../src/transport/connect.js';
-import { type GrpcTransport, startGrpc } from '../../src/transport/grpc.js';
+import { startHttp } from '../../src/transport/connect.js';
+import { startGrpc } from '../../src/transport/grpc.js';
 import { Health } from '../../src/transport/health.js';
-import type { CallContext, ServiceBinding } from '../../src/transport/types.js';
+import type { CallContext, Listener, ServiceBinding } from '../../src/transport/types.js';
 import { connectClient, type GrpcError, grpcClient } from '../harness/clients.js';
 
 /** What handlers saw of their calls, read while the call was live. */
@@ -55,8 +55,8 @@ const report: ServiceBinding = {
   },
 };
 
-let grpcT: GrpcTransport;
-let httpT: HttpTransport;
+let grpcT: Listener;
+let httpT: Listener;
 let grpcAddr: string;
 let httpUrl: string;
 beforeAll(async () => {
