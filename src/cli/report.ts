@@ -16,7 +16,15 @@ import {
   Signal,
   TopKeysResponseSchema,
 } from '../../gen/ratekeeper/v1/report_pb.js';
-import { FLAG_STATE_TO_MSG, SIGNAL_TO_MSG } from '../services/flag-proto.js';
+import {
+  DEFAULT_TOP_LIMIT,
+  DEFAULT_TOP_WINDOW_S,
+  FLAG_STATE_TO_MSG,
+  MAX_PAGE_SIZE,
+  MAX_TOP_LIMIT,
+  MAX_TOP_WINDOW_S,
+  SIGNAL_TO_MSG,
+} from '../services/report-wire.js';
 import {
   CONNECTION_HELP,
   CONNECTION_OPTIONS,
@@ -102,7 +110,8 @@ const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600 };
 const parseWindow = (raw: string): number => {
   const m = /^\s*(\d+)\s*([smh]?)\s*$/.exec(raw);
   const s = m ? Number(m[1]) * UNITS[m[2] || 's']! : 0;
-  if (s <= 0 || s > 86_400) throw new UsageError('--window: a duration from 1s to 24h, e.g. 90s, 15m, 1h');
+  if (s <= 0 || s > MAX_TOP_WINDOW_S)
+    throw new UsageError('--window: a duration from 1s to 24h, e.g. 90s, 15m, 1h');
   return s;
 };
 
@@ -160,7 +169,7 @@ async function flagsCommand(positionals: string[], v: Values, conn: Connection, 
     if (rest.length > 0) throw new UsageError(`flags list: unexpected ${rest[0]}`);
     const state = choice(STATES, v.state, '--state');
     const signal = choice(SIGNALS, v.signal, '--signal');
-    const pageSize = positiveInt(v['page-size'], '--page-size', 500);
+    const pageSize = positiveInt(v['page-size'], '--page-size', MAX_PAGE_SIZE);
     const client = rpcClient(ReportService, conn);
     try {
       const { items: flags, nextPageToken: token } = await collectPages(
@@ -216,8 +225,8 @@ async function topCommand(positionals: string[], v: Values, conn: Connection, io
   if (positionals.length > 0) throw new UsageError(`top: unexpected ${positionals[0]}`);
   const by = v.by ?? 'requests';
   if (!['requests', 'tokens', 'spend'].includes(by)) throw new UsageError('--by: requests, tokens or spend');
-  const windowSeconds = v.window === undefined ? 3600 : parseWindow(v.window);
-  const limit = positiveInt(v.limit, '--limit', 1000) ?? 10;
+  const windowSeconds = v.window === undefined ? DEFAULT_TOP_WINDOW_S : parseWindow(v.window);
+  const limit = positiveInt(v.limit, '--limit', MAX_TOP_LIMIT) ?? DEFAULT_TOP_LIMIT;
   const client = rpcClient(ReportService, conn);
   try {
     const res = await client.topKeys({ by, windowSeconds: BigInt(windowSeconds), limit });

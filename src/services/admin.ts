@@ -24,7 +24,7 @@ import type { KeyCaps, KeyRecord, StoredKey } from '../keys/types.js';
 import { type Authenticator, bearerAuth } from '../transport/auth.js';
 import { bind, type CallContext, type ServiceBinding } from '../transport/types.js';
 import type { Deps } from './deps.js';
-import { flagToProto } from './flag-proto.js';
+import { flagToProto } from './report-wire.js';
 
 /** Cap names on the wire (snake_case, as in KeyCaps and `clear_caps`) and in records. */
 const CAPS = [

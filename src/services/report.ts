@@ -24,17 +24,22 @@ import { bearerAuth } from '../transport/auth.js';
 import type { ServiceBinding } from '../transport/types.js';
 import { bind } from '../transport/types.js';
 import type { Deps } from './deps.js';
-import { FLAG_STATE_TO_MSG, flagToProto, SIGNAL_TO_MSG, wholeMsTimestamp } from './flag-proto.js';
+import {
+  DEFAULT_PAGE_SIZE,
+  DEFAULT_TOP_LIMIT,
+  DEFAULT_TOP_WINDOW_S,
+  FLAG_STATE_TO_MSG,
+  flagToProto,
+  MAX_PAGE_SIZE,
+  MAX_TOP_LIMIT,
+  MAX_TOP_WINDOW_S,
+  SIGNAL_TO_MSG,
+  wholeMsTimestamp,
+} from './report-wire.js';
 import { policyOf } from './usage.js';
 
-export const DEFAULT_PAGE_SIZE = 50;
-export const MAX_PAGE_SIZE = 500;
-export const DEFAULT_TOP_WINDOW_S = 3_600;
-export const MAX_TOP_WINDOW_S = 86_400;
-export const DEFAULT_TOP_LIMIT = 10;
-export const MAX_TOP_LIMIT = 1_000;
 /** Alerts a slow WatchAlerts subscriber may fall behind by before its stream is ended. */
-export const WATCH_BACKLOG = 1_000;
+const WATCH_BACKLOG = 1_000;
 
 const alertToProto = (a: Alert): AlertMsg =>
   create(AlertSchema, {

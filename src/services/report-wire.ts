@@ -1,12 +1,21 @@
 /**
- * Flags on the wire: one conversion for every place that sends a flag (ReportService, AdminService's
- * ReviewFlag) and one name ⇄ enum table, which the CLI reads too.
+ * ReportService on the wire, where its handlers and the CLI must agree: the request bounds, the
+ * flag state and signal names ⇄ enums, and one flag conversion for every place that sends a flag
+ * (ListFlags, WatchAlerts, AdminService's ReviewFlag).
  */
 import { create } from '@bufbuild/protobuf';
 import { type Timestamp, timestampFromMs } from '@bufbuild/protobuf/wkt';
 import { type Flag, FlagSchema, FlagState, Signal } from '../../gen/ratekeeper/v1/report_pb.js';
 import type { SignalKind } from '../policy/signals.js';
-import type { FlagRecord, FlagState as FlagStateName } from '../report/types.js';
+import { type FlagRecord, type FlagState as FlagStateName, TOP_RETENTION_MS } from '../report/types.js';
+
+export const DEFAULT_PAGE_SIZE = 50;
+export const MAX_PAGE_SIZE = 500;
+export const DEFAULT_TOP_WINDOW_S = 3_600;
+/** TopKeys answers for as long as totals are kept. */
+export const MAX_TOP_WINDOW_S = TOP_RETENTION_MS / 1000;
+export const DEFAULT_TOP_LIMIT = 10;
+export const MAX_TOP_LIMIT = 1_000;
 
 export const FLAG_STATE_TO_MSG: Readonly<Record<FlagStateName, FlagState>> = {
   open: FlagState.OPEN,
