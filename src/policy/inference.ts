@@ -278,6 +278,8 @@ export function planAdmission(
     leaseMs,
     expiredKey: K.keyExpired(a, p.ref),
     expiredWindowMs: EXPIRED_WINDOW_MS,
+    // The key's own slots (account × model slots are shared with its other keys): runaway signal.
+    longHeldMs: policy.signals.runaway.heldLongerThanMs,
   });
   meta.push({
     metric: 'concurrency',

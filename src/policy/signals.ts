@@ -6,7 +6,10 @@
  * (the store's own window counters, so every instance sees the same figures), and counts of
  * lease expiries and of calls denied again before an earlier denial's Retry-After had passed.
  * A signal trips when a share is held in every bucket for the whole window, or a count over the
- * window reaches its threshold. Tripping raises a flag for review; nothing here blocks.
+ * window reaches its threshold. Runaway requests also count the key's slots held long right now,
+ * as the store reported with the key's latest decision: a slot counts as long-held while held and
+ * as an expiry once its lease runs out, never both. Tripping raises a flag for review; nothing here
+ * blocks.
  */
 
 export const SIGNALS = [
@@ -35,8 +38,11 @@ export interface SignalSettings {
   bucketMs: number;
   requestRate: ShareRule;
   tokenRate: ShareRule;
-  /** Slot leases that expired (Debit/Release never came) for one key. */
-  runaway: CountRule;
+  /**
+   * Runaway/hung requests of one key: slot leases that expired (Debit/Release never came) within
+   * the window, plus slots still held at least heldLongerThanMs.
+   */
+  runaway: CountRule & { heldLongerThanMs: number };
   /** Denied calls that came before an earlier denial's Retry-After had passed. */
   retryStorm: CountRule;
   /** An account with at least `keys` keys, each holding `share` of its request or token limit. */
@@ -49,7 +55,7 @@ export const defaultSignalSettings: SignalSettings = {
   bucketMs: 60_000,
   requestRate: { share: 0.9, windowMs: 10 * 60_000 },
   tokenRate: { share: 0.9, windowMs: 10 * 60_000 },
-  runaway: { count: 3, windowMs: 60 * 60_000 },
+  runaway: { count: 3, windowMs: 60 * 60_000, heldLongerThanMs: 5 * 60_000 },
   retryStorm: { count: 30, windowMs: 5 * 60_000 },
   limitSplitting: { share: 0.8, keys: 3, windowMs: 10 * 60_000 },
   alertShares: [0.8, 1],
@@ -183,6 +189,7 @@ const countTrip = (
   nowMs: number,
   bucketMs: number,
   shared?: SharedCount,
+  plus?: { count: number; sinceMs: number; what: string },
 ): Trip | undefined => {
   const local = countIn(buckets, pick, nowMs, rule.windowMs, bucketMs);
   let { count, sinceMs } = local;
@@ -191,6 +198,12 @@ const countTrip = (
     count = shared.count;
     sinceMs = Math.min(sinceMs, shared.atMs - shared.windowMs);
   }
+  let text = `${count} ${what}`;
+  if (plus && plus.count > 0) {
+    count += plus.count;
+    sinceMs = Math.min(sinceMs, plus.sinceMs);
+    text += ` and ${plus.count} ${plus.what}`;
+  }
   if (count < rule.count) return undefined;
   return {
     signal,
@@ -198,7 +211,7 @@ const countTrip = (
     threshold: rule.count,
     windowMs: rule.windowMs,
     sinceMs,
-    detail: `${count} ${what} in ${minutes(rule.windowMs)} (threshold ${rule.count})`,
+    detail: `${text} in ${minutes(rule.windowMs)} (threshold ${rule.count})`,
   };
 };
 
@@ -212,10 +225,20 @@ export interface SharedCount {
   atMs: number;
 }
 
+/** The key's slots held at least runaway.heldLongerThanMs, as the store reported at atMs. */
+export interface LongHeld {
+  count: number;
+  /** Age of the key's oldest held slot then. */
+  oldestMs: number;
+  atMs: number;
+}
+
 /** Counts the store keeps for every instance, when read: they raise the local counts. */
 export interface SharedCounts {
   expired?: SharedCount;
   earlyRetries?: SharedCount;
+  /** Used while no older than one bucket. */
+  longHeld?: LongHeld;
 }
 
 /** The per-key signals that the key's buckets (oldest first) trip now. */
@@ -225,6 +248,15 @@ export const evaluateKey = (
   nowMs: number,
   shared: SharedCounts = {},
 ): Trip[] => {
+  const held = shared.longHeld;
+  const longHeld =
+    held && held.count > 0 && nowMs - held.atMs <= s.bucketMs
+      ? {
+          count: held.count,
+          sinceMs: held.atMs - held.oldestMs,
+          what: `slots held over ${minutes(s.runaway.heldLongerThanMs)}`,
+        }
+      : undefined;
   const trips = [
     shareTrip('excessive_request_rate', 'request', s.requestRate, buckets, requestShare, nowMs, s.bucketMs),
     shareTrip('excessive_token_rate', 'token', s.tokenRate, buckets, tokenShare, nowMs, s.bucketMs),
@@ -237,6 +269,7 @@ export const evaluateKey = (
       nowMs,
       s.bucketMs,
       shared.expired,
+      longHeld,
     ),
     countTrip(
       'retry_storm',

@@ -212,6 +212,9 @@ export class SignalEngine {
     const b = this.bucket(s, e.atMs, cfg);
     if (e.requestShare !== undefined) b.requestShare = Math.max(b.requestShare, e.requestShare);
     if (e.tokenShare !== undefined) b.tokenShare = Math.max(b.tokenShare, e.tokenShare);
+    // The store's figure, all instances together; the latest decision's wins.
+    if (e.longHeld && e.atMs >= (s.shared.longHeld?.atMs ?? Number.NEGATIVE_INFINITY))
+      s.shared.longHeld = { ...e.longHeld, atMs: e.atMs };
     if (!e.admitted) {
       if (e.atMs < s.retryUntilMs) {
         b.earlyRetries++;

@@ -24,6 +24,8 @@ export interface DecisionEvent {
   requestShare?: number;
   /** used / limit of the key's own token limit after the decision; absent when unlimited. */
   tokenShare?: number;
+  /** The key's slots held at least runaway.held_longer_than after the decision, and the oldest's age. */
+  longHeld?: { count: number; oldestMs: number };
 }
 
 /** Slot leases of a key found expired (Debit/Release never came) during a decision. */

@@ -47,6 +47,7 @@ export function inferenceHooks(
         retryMs: e.retryMs ?? 0,
         ...(requestShare !== undefined ? { requestShare } : {}),
         ...(tokenShare !== undefined ? { tokenShare } : {}),
+        ...(e.held ? { longHeld: { count: e.held.long, oldestMs: e.held.oldestMs } } : {}),
       });
     },
     onLeaseExpired(e) {

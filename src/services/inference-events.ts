@@ -31,6 +31,12 @@ export interface AdmissionEvent extends KeyIdentity {
   retryMs?: number;
   /** Limited windows, slots and budgets of the decision, as they stood after it. */
   limits: LimitUsage[];
+  /**
+   * The key's own concurrency slots after the decision (runaway/hung signal): the age of the
+   * oldest still held, and how many have been held at least signals.runaway.held_longer_than.
+   * Absent when the decision did not reach the store.
+   */
+  held?: { oldestMs: number; long: number };
 }
 
 export interface DebitEvent extends KeyIdentity {

@@ -107,8 +107,12 @@ const emit = (
   const hook = deps.events?.onDecision;
   if (!hook) return;
   const limits: LimitUsage[] = [];
+  let held: { oldestMs: number; long: number } | undefined;
   if (adm && result) {
     adm.meta.forEach((m, i) => {
+      const st = result.states[i]!;
+      if (m.metric === 'concurrency' && m.scope === 'key' && st.heldMs !== undefined)
+        held = { oldestMs: st.heldMs, long: st.longHeld ?? 0 };
       if (!m.unlimited) {
         limits.push({
           metric: m.metric,
@@ -134,6 +138,7 @@ const emit = (
       ...(o.deniedMeta ? { denied: { metric: o.deniedMeta.metric, scope: o.deniedMeta.scope } } : {}),
       ...(result && result.denied >= 0 ? { retryMs: result.states[result.denied]!.retryMs } : {}),
       limits,
+      ...(held ? { held } : {}),
     });
   } catch (e) {
     deps.log.error({ err: e }, 'onDecision hook failed');
@@ -203,6 +208,9 @@ export async function decideInference(
   const result = await deps.store.decide(adm.decision);
   const o = renderAdmission(adm, result, parsed.scopes, generated !== undefined);
   inferenceDecisions.inc({ code: o.code ?? 'OK' });
+  // The decision first: it carries the held slots as they are after the expiries were freed, so the
+  // runaway signal never counts a slot both as long-held and as expired.
+  emit(deps, p, llm, requestId, o, result.nowMs, adm, result);
   if (result.expiredLeases > 0) {
     leaseExpiries.inc(result.expiredLeases);
     try {
@@ -216,7 +224,6 @@ export async function decideInference(
       deps.log.error({ err: e }, 'onLeaseExpired hook failed');
     }
   }
-  emit(deps, p, llm, requestId, o, result.nowMs, adm, result);
   if (!o.admitted)
     deps.log.debug({ key: p.ref, account: p.account, code: o.code, requestId }, 'inference denied');
   return toResponse(o);

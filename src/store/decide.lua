@@ -1,8 +1,10 @@
--- One decision. KEYS: each op's key (a slot op with an expiry window: then its expiredKey), then the
--- reservation key when ARGV[4] is set. ARGV: clock, atomic, dryRun, requestId, reservationTtlMs, op
--- count, then per op: kind (w|s|b), limit, p1, p2, shadow — window: windowMs, cost; slot: leaseMs,
--- expiredWindowMs (0: none); budget: periodEndMs, 0.
--- Returns admitted, denied (0-based, -1), now, expiredLeases, then per op ok, used, remaining, resetMs, retryMs.
+-- One decision. KEYS: each op's key (a slot op: then its admission-time key, then its expiredKey when
+-- it has an expiry window), then the reservation key when ARGV[4] is set. ARGV: clock, atomic,
+-- dryRun, requestId, reservationTtlMs, op count, then per op: kind (w|s|b), limit, p1, p2, p3 —
+-- window: windowMs, cost, shadow; slot: leaseMs, expiredWindowMs (0: none), longHeldMs (-1: none);
+-- budget: periodEndMs, 0, 0.
+-- Returns admitted, denied (0-based, -1), now, expiredLeases, then per op ok, used, remaining, resetMs,
+-- retryMs, then per slot op heldMs, longHeld (-1 when not asked).
 local now = clock(ARGV[1])
 local atomic = ARGV[2] == '1'
 local dry = ARGV[3] == '1'
@@ -10,7 +12,7 @@ local rid = ARGV[4]
 local rttl = tonumber(ARGV[5])
 local nops = tonumber(ARGV[6])
 
-local kind, lim, p1, p2, shadow, key, xkey = {}, {}, {}, {}, {}, {}, {}
+local kind, lim, p1, p2, shadow, key, xkey, hkey, lh, skip = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
 local fits, pre, S, O, N, C = {}, {}, {}, {}, {}, {}
 -- Requests whose leases expired in ops that count expiries, once each (not once per slot).
 local gone, expired = {}, 0
@@ -30,7 +32,7 @@ for i = 1, nops do
   lim[i] = tonumber(ARGV[a + 2])
   p1[i] = tonumber(ARGV[a + 3])
   p2[i] = tonumber(ARGV[a + 4])
-  shadow[i] = ARGV[a + 5] == '1'
+  shadow[i] = kd == 'w' and ARGV[a + 5] == '1'
   key[i] = KEYS[ki]
   ki = ki + 1
   if kd == 'w' then
@@ -39,17 +41,26 @@ for i = 1, nops do
     pre[i] = s
     fits[i] = s + p2[i] <= lim[i]
   elseif kd == 's' then
+    lh[i] = tonumber(ARGV[a + 5])
+    hkey[i] = KEYS[ki]
+    ki = ki + 1
     if p2[i] > 0 then
       xkey[i] = KEYS[ki]
       ki = ki + 1
     end
     local active
+    skip[i] = {}
     if dry then
       active = redis.call('ZCOUNT', key[i], '(' .. nowf, '+inf')
+      -- Expired but not freed (a dry run frees nothing): not held, left out of the held figures.
+      if active < redis.call('ZCARD', key[i]) then
+        skip[i] = redis.call('ZRANGEBYSCORE', key[i], '-inf', nowf)
+      end
     else
       local freed = redis.call('ZRANGEBYSCORE', key[i], '-inf', nowf)
       if #freed > 0 then
         zrem_all(key[i], freed)
+        zrem_all(hkey[i], freed)
         if xkey[i] then
           count_expired(xkey[i], p2[i], #freed)
           for _, r in ipairs(freed) do
@@ -105,9 +116,13 @@ if not dry then
         end
       elseif kind[i] == 's' then
         redis.call('ZADD', key[i], fmt(now + p1[i]), rid)
-        -- Kept one lease past the last expiry so a later check still counts the expiry.
-        if redis.call('PTTL', key[i]) < 2 * p1[i] then
+        -- A renewed lease keeps its first admission time.
+        redis.call('ZADD', hkey[i], 'NX', nowf, rid)
+        -- Kept one lease past the last expiry so a later check still counts the expiry. The two sets
+        -- are written together; the admission-time set is checked as it may be the newer one.
+        if redis.call('PTTL', hkey[i]) < 2 * p1[i] then
           redis.call('PEXPIRE', key[i], 2 * p1[i])
+          redis.call('PEXPIRE', hkey[i], 2 * p1[i])
         end
         if res then
           res[#res + 1] = 's:' .. key[i]
@@ -161,6 +176,38 @@ for i = 1, nops do
     out[#out + 1] = math.max(0, lim[i] - pre[i])
     out[#out + 1] = reset
     out[#out + 1] = retry
+  end
+end
+
+-- Held figures from the admission-time set: the oldest held slot (one ZRANGE), and how many were
+-- admitted at least lh ago (one ZCOUNT); slots in skip (expired, dry run only) are left out.
+for i = 1, nops do
+  if kind[i] == 's' then
+    local skipped = {}
+    for _, r in ipairs(skip[i]) do
+      skipped[r] = true
+    end
+    local oldest = now
+    local top = redis.call('ZRANGE', hkey[i], 0, #skip[i], 'WITHSCORES')
+    for k = 1, #top, 2 do
+      if not skipped[top[k]] then
+        oldest = tonumber(top[k + 1])
+        break
+      end
+    end
+    local long = -1
+    if lh[i] >= 0 then
+      local cut = now - lh[i]
+      long = redis.call('ZCOUNT', hkey[i], '-inf', fmt(cut))
+      for _, r in ipairs(skip[i]) do
+        local since = tonumber(redis.call('ZSCORE', hkey[i], r))
+        if since and since <= cut then
+          long = long - 1
+        end
+      end
+    end
+    out[#out + 1] = math.max(0, now - oldest)
+    out[#out + 1] = long
   end
 end
 return out

@@ -136,6 +136,10 @@ local function wstate(out, key, s, o, n, ok, need, limit, cost, w, now)
   out[#out + 1] = retry
 end
 
+-- A slot set (ZSET request id -> lease expiry) has a companion ZSET of admission times under this
+-- suffix (mirrored by HELD_SUFFIX in redis.ts), for the age of long-held slots.
+local HELD = ':held'
+
 -- ZREM of a list of any length (unpack has a stack limit).
 local function zrem_all(key, members)
   for a = 1, #members, 1000 do
@@ -165,7 +169,9 @@ end
 local function free(key, res)
   for f, _ in pairs(res) do
     if string.sub(f, 1, 2) == 's:' then
-      redis.call('ZREM', string.sub(f, 3), res['r'])
+      local k = string.sub(f, 3)
+      redis.call('ZREM', k, res['r'])
+      redis.call('ZREM', k .. HELD, res['r'])
     end
   end
   redis.call('HSET', key, 'f', '1')

@@ -28,6 +28,8 @@ class Win {
 class SlotSet {
   /** requestId → lease expiry (Unix ms). */
   leases = new Map<string, number>();
+  /** requestId → admission time (Unix ms), kept when the lease is renewed. */
+  since = new Map<string, number>();
   dropAt = 0;
 }
 
@@ -284,6 +286,7 @@ export class MemoryStore implements LimiterStore {
           }
           const exp = now + op.leaseMs;
           s.leases.set(rid!, exp);
+          if (!s.since.has(rid!)) s.since.set(rid!, now);
           // Kept one lease past the last expiry so a later check still counts the expiry.
           s.dropAt = Math.max(s.dropAt, exp + op.leaseMs);
           res?.slotKeys.push(op.key);
@@ -300,7 +303,7 @@ export class MemoryStore implements LimiterStore {
         const w = this.windows.get(op.key);
         states[i] = windowState(w, ok, pre[i]! + op.cost - op.limit, op.limit, op.cost, op.windowMs, now);
       } else if (op.kind === 'slot') {
-        states[i] = this.slotState(this.slots.get(op.key), ok, op.limit, now);
+        states[i] = this.slotState(this.slots.get(op.key), ok, op.limit, now, op.longHeldMs);
       } else {
         const used = this.counters.get(op.key)?.v ?? 0;
         const reset = Math.max(0, op.periodEndMs - now);
@@ -394,6 +397,7 @@ export class MemoryStore implements LimiterStore {
     for (const [id, exp] of s.leases) {
       if (exp <= now) {
         s.leases.delete(id);
+        s.since.delete(id);
         into?.add(id);
         freed++;
       }
@@ -401,16 +405,27 @@ export class MemoryStore implements LimiterStore {
     return freed;
   }
 
-  private slotState(s: SlotSet | undefined, ok: boolean, limit: number, now: number): OpState {
+  private slotState(
+    s: SlotSet | undefined,
+    ok: boolean,
+    limit: number,
+    now: number,
+    longHeldMs: number | undefined,
+  ): OpState {
     let used = 0;
     let first = Number.POSITIVE_INFINITY;
     let last = now;
+    let oldest = now;
+    let long = 0;
     if (s) {
-      for (const exp of s.leases.values()) {
+      for (const [id, exp] of s.leases) {
         if (exp <= now) continue;
         used++;
         if (exp < first) first = exp;
         if (exp > last) last = exp;
+        const since = s.since.get(id) ?? now;
+        if (since < oldest) oldest = since;
+        if (longHeldMs !== undefined && now - since >= longHeldMs) long++;
       }
     }
     return {
@@ -419,6 +434,8 @@ export class MemoryStore implements LimiterStore {
       remaining: Math.max(0, limit - used),
       resetMs: last - now,
       retryMs: ok ? 0 : limit < 1 ? -1 : used > 0 ? first - now : 0,
+      heldMs: now - oldest,
+      ...(longHeldMs !== undefined ? { longHeld: long } : {}),
     };
   }
 
@@ -434,7 +451,11 @@ export class MemoryStore implements LimiterStore {
 
   /** Frees the slots; the record stays until its TTL so a Debit after a Release still settles it. */
   private free(res: Res): void {
-    for (const key of res.slotKeys) this.slots.get(key)?.leases.delete(res.requestId);
+    for (const key of res.slotKeys) {
+      const slots = this.slots.get(key);
+      slots?.leases.delete(res.requestId);
+      slots?.since.delete(res.requestId);
+    }
     res.freed = true;
   }
 }

@@ -31,6 +31,9 @@ const load = (name: string): Script => {
 };
 const SCRIPTS = { decide: load('decide'), settle: load('settle'), release: load('release') };
 
+/** A slot set's companion ZSET of admission times (lib.lua's HELD). */
+const HELD_SUFFIX = ':held';
+
 /** Lua has no Infinity on the wire; an unlimited value is the largest exact integer. */
 const num = (x: number): number => (Number.isFinite(x) ? x : Number.MAX_SAFE_INTEGER);
 
@@ -108,7 +111,7 @@ export class RedisStore implements LimiterStore {
       }
     }
     const all = ops.map((_, i) => i);
-    return this.parseDecision(await this.runDecide(d, all), ops.length, all);
+    return this.parseDecision(await this.runDecide(d, all), d.ops, all);
   }
 
   async settle(s: Settle): Promise<SettleResult> {
@@ -166,9 +169,10 @@ export class RedisStore implements LimiterStore {
         args.push('w', num(op.limit), op.windowMs, op.cost, op.shadow ? 1 : 0);
       } else if (op.kind === 'slot') {
         if (!res) throw new Error(`slot op ${op.key} needs decision.reservation`);
+        keys.push(p + op.key + HELD_SUFFIX);
         const counted = op.expiredKey !== undefined && (op.expiredWindowMs ?? 0) > 0;
         if (counted) keys.push(p + op.expiredKey);
-        args.push('s', num(op.limit), op.leaseMs, counted ? op.expiredWindowMs! : 0, 0);
+        args.push('s', num(op.limit), op.leaseMs, counted ? op.expiredWindowMs! : 0, op.longHeldMs ?? -1);
       } else {
         args.push('b', num(op.limit), op.periodEndMs, 0, 0);
       }
@@ -178,15 +182,26 @@ export class RedisStore implements LimiterStore {
     return this.run(SCRIPTS.decide, keys, args);
   }
 
-  private parseDecision(r: number[], n: number, idx: number[], into?: DecisionResult): DecisionResult {
+  private parseDecision(r: number[], ops: Op[], idx: number[], into?: DecisionResult): DecisionResult {
     const out: DecisionResult = into ?? {
       admitted: r[0] === 1,
       denied: r[1]!,
       nowMs: r[2]!,
       expiredLeases: r[3]!,
-      states: new Array<OpState>(n),
+      states: new Array<OpState>(ops.length),
     };
-    for (let k = 0; k < idx.length; k++) out.states[idx[k]!] = state(r, 4 + k * 5);
+    // Slot ops' held figures follow every op's state, in op order.
+    let held = 4 + idx.length * 5;
+    for (let k = 0; k < idx.length; k++) {
+      const i = idx[k]!;
+      const s = state(r, 4 + k * 5);
+      if (ops[i]!.kind === 'slot') {
+        s.heldMs = r[held]!;
+        if (r[held + 1]! >= 0) s.longHeld = r[held + 1]!;
+        held += 2;
+      }
+      out.states[i] = s;
+    }
     return out;
   }
 
@@ -205,7 +220,7 @@ export class RedisStore implements LimiterStore {
       out.admitted &&= r[0] === 1;
       out.nowMs = Math.max(out.nowMs, r[2]!);
       out.expiredLeases += r[3]!;
-      this.parseDecision(r, d.ops.length, groups[g]!, out);
+      this.parseDecision(r, d.ops, groups[g]!, out);
     }
     return out;
   }

@@ -45,6 +45,8 @@ export interface SlotOp {
    */
   expiredKey?: string;
   expiredWindowMs?: number;
+  /** Slots held at least this long (since admission) are counted in OpState.longHeld. */
+  longHeldMs?: number;
 }
 
 /** A calendar budget (monthly tokens, spend): denied once used >= limit. Only settle adds to it. */
@@ -95,6 +97,13 @@ export interface OpState {
    * (cost above limit). 0 when ok.
    */
   retryMs: number;
+  /**
+   * Slot ops: ms since the oldest slot still held was admitted (a renewed lease keeps its first
+   * admission time); 0 when none is held.
+   */
+  heldMs?: number;
+  /** Slot ops with longHeldMs: slots still held that were admitted at least longHeldMs ago. */
+  longHeld?: number;
 }
 
 export interface DecisionResult {

@@ -217,6 +217,23 @@ describe.each(STORES)('inference domain on %s', (kind) => {
     expect(await used(K.keyExpired('acme', 'k:k1'), 3_600_000)).toBe(1);
   });
 
+  it("decision events carry the key's held slots: the oldest's age and how many are held long", async () => {
+    env.setPolicy(`${POLICY}signals:\n  runaway: { held_longer_than: 30s }\n`);
+    await decide({ key: 'k1', model: 'm-a', request_id: 'h1' });
+    expect(env.decisions.at(-1)?.held).toEqual({ oldestMs: 0, long: 0 });
+    env.clock.t += 20_000;
+    await decide({ key: 'k1', model: 'm-a', request_id: 'h2' });
+    env.clock.t += 20_000;
+    // Another key of the account shares the account × model slots, not the key's.
+    await decide({ key: 'k2', model: 'm-a', request_id: 'h3' });
+    expect(env.decisions.at(-1)?.held).toEqual({ oldestMs: 0, long: 0 });
+    await decide({ key: 'k1', request_id: 'h4' });
+    expect(env.decisions.at(-1)?.held).toEqual({ oldestMs: 40_000, long: 1 });
+    await env.store.release(K.reservation('acme', 'h1'));
+    await decide({ key: 'k1', request_id: 'h5' });
+    expect(env.decisions.at(-1)?.held).toEqual({ oldestMs: 20_000, long: 0 });
+  });
+
   it('RATE_LIMIT_EXCEEDED with Retry-After equal to the real time until admission', async () => {
     env.clock.t = T0 + 500;
     for (let i = 0; i < 10; i++) {

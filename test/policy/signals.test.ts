@@ -101,6 +101,30 @@ describe('store-wide counts', () => {
   });
 });
 
+describe('long-held slots', () => {
+  const b = [{ ...emptyBucket(T0), expired: 2 }];
+  const runaway = (longHeld: { count: number; oldestMs: number; atMs: number }, now = T0 + 1000) =>
+    evaluateKey(b, d, now, { longHeld }).map((t) => [t.signal, t.observed, t.sinceMs, t.detail]);
+
+  it('add to the expired leases while the figure is fresh', () => {
+    expect(runaway({ count: 1, oldestMs: 20 * M, atMs: T0 + 1000 })).toEqual([
+      [
+        'runaway_requests',
+        3,
+        T0 + 1000 - 20 * M,
+        '2 expired leases and 1 slots held over 5 min in 60 min (threshold 3)',
+      ],
+    ]);
+    expect(runaway({ count: 0, oldestMs: 0, atMs: T0 + 1000 })).toEqual([]);
+    expect(runaway({ count: 1, oldestMs: 20 * M, atMs: T0 }, T0 + 2 * M)).toEqual([]);
+  });
+
+  it('trip alone, before any lease expires', () => {
+    const trips = evaluateKey([], d, T0, { longHeld: { count: 3, oldestMs: 6 * M, atMs: T0 } });
+    expect(trips.map((t) => [t.signal, t.observed])).toEqual([['runaway_requests', 3]]);
+  });
+});
+
 describe('evaluateAccount', () => {
   it('trips when enough keys each hold the share', () => {
     const near = run(Array.from({ length: 11 }, () => 0.85));

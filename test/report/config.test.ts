@@ -21,7 +21,7 @@ describe('signals: section of the policy file', () => {
   bucket: 30s
   request_rate: { share: 0.95, window: 15m }
   token_rate: { window: 600 }
-  runaway: { count: 5 }
+  runaway: { count: 5, held_longer_than: 15m }
   retry_storm: { count: 100, window: 1m }
   limit_splitting: { share: 0.7, keys: 4, window: 1h }
   alert_shares: [1.0, 0.5, 0.8, 0.8]
@@ -31,7 +31,7 @@ describe('signals: section of the policy file', () => {
       bucketMs: 30_000,
       requestRate: { share: 0.95, windowMs: 15 * M },
       tokenRate: { share: 0.9, windowMs: 10 * M },
-      runaway: { count: 5, windowMs: 60 * M },
+      runaway: { count: 5, windowMs: 60 * M, heldLongerThanMs: 15 * M },
       retryStorm: { count: 100, windowMs: M },
       limitSplitting: { share: 0.7, keys: 4, windowMs: 60 * M },
       alertShares: [0.5, 0.8, 1],
@@ -41,6 +41,7 @@ describe('signals: section of the policy file', () => {
   it.each([
     ['request_rate: { share: 1.5 }', 'signals.request_rate.share', 7],
     ['runaway: { count: 0 }', 'signals.runaway.count', 7],
+    ['runaway: { held_longer_than: 0s }', 'signals.runaway.held_longer_than', 7],
     ['retry_storm: { window: soon }', 'signals.retry_storm.window', 7],
     ['limit_splitting: { keys: 1 }', 'signals.limit_splitting.keys', 7],
     ['alert_shares: []', 'signals.alert_shares', 7],

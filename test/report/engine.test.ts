@@ -39,6 +39,7 @@ class Sim {
           leaseMs: 10 * M,
           expiredKey: `x:${key}`,
           expiredWindowMs: 60 * M,
+          longHeldMs: 5 * M,
         },
         { kind: 'window', key: `w:${key}`, limit: 60, windowMs: M, cost: 1 },
       ],
@@ -53,6 +54,7 @@ class Sim {
       admitted: r.admitted,
       retryMs: denied?.retryMs ?? 0,
       requestShare: (r.states[1]?.used ?? 0) / 60,
+      longHeld: { count: r.states[0]!.longHeld ?? 0, oldestMs: r.states[0]!.heldMs ?? 0 },
     });
     if (r.expiredLeases > 0) {
       this.engine.record({
@@ -123,6 +125,24 @@ describe('signal engine', () => {
     expect(await sim.call('hung', { release: false })).toBe(0);
     const flags = await sim.flags();
     expect(flags.map((f) => [f.signal, f.observed, f.threshold])).toEqual([['runaway_requests', 5, 3]]);
+  });
+
+  it('trips runaway on slots held long before their leases expire, counting each request once', async () => {
+    const sim = new Sim();
+    for (let i = 0; i < 3; i++) await sim.call('stuck', { release: false });
+    sim.now += 4 * M;
+    await sim.call('stuck');
+    expect(await sim.flags()).toEqual([]);
+    sim.now += M;
+    await sim.call('stuck');
+    const [flag] = await sim.flags();
+    expect([flag?.signal, flag?.observed]).toEqual(['runaway_requests', 3]);
+    expect(flag?.detail).toContain('3 slots held over 5 min');
+    // The leases expire: the three now count as expiries, no longer as held.
+    sim.now += 6 * M;
+    await sim.call('stuck');
+    const [later] = await sim.flags();
+    expect([later?.observed, later?.detail]).toEqual([3, '3 expired leases in 60 min (threshold 3)']);
   });
 
   it('trips retry storm on a client hammering through 429s, not on one that waits', async () => {

@@ -60,6 +60,33 @@ describe('inference hooks', () => {
     expect(flags.map((f) => [f.key, f.signal, f.observed])).toEqual([['hung', 'runaway_requests', 4]]);
   });
 
+  it("trip runaway on the key's long-held slots that a decision reports", async () => {
+    const reports = new MemoryReportStore(() => T0);
+    const engine = new SignalEngine(reports, () => defaultSignalSettings, log);
+    const hooks = inferenceHooks(engine, () => 'UTC');
+    const decision = (atMs: number, long: number) =>
+      hooks.onDecision!({
+        atMs,
+        keyRef: 'k:slow',
+        keyId: 'slow',
+        account: 'acme',
+        tier: 'free',
+        requestId: `r${atMs}`,
+        admitted: true,
+        limits: [],
+        held: { oldestMs: 7 * M, long },
+      });
+    decision(T0, 2);
+    await engine.idle();
+    expect((await reports.listFlags({}, 10, '')).flags).toEqual([]);
+    decision(T0 + M, 3);
+    await engine.idle();
+    const { flags } = await reports.listFlags({}, 10, '');
+    expect(flags.map((f) => [f.key, f.signal, f.observed, f.firstSeenMs])).toEqual([
+      ['slow', 'runaway_requests', 3, T0 + M],
+    ]);
+  });
+
   it('trip retry storm on the store-wide count of early retries, written on flush', async () => {
     const clock = { t: T0 };
     const limiter = new MemoryStore({ now: () => clock.t, sweepIntervalMs: 0 });

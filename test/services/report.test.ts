@@ -46,6 +46,8 @@ keys:
   - { id: spender, account: acme, monthly_spend_usd: 1.00, monthly_tokens: 10000000 }
 signals:
   alert_shares: [0.8, 1.0]
+  # The steady clients hold their slots for the whole test: not hung ones (a slot never lives 1 h).
+  runaway: { held_longer_than: 1h }
 `;
 
 const d = (entries: Record<string, string | number>) => ({

@@ -200,6 +200,7 @@ export function conformance(name: string, make: MakeStore, opts: { propertyRuns?
         remaining: 0,
         resetMs: 60_000,
         retryMs: 59_000,
+        heldMs: 1000,
       });
       // The same request id asking again holds its one slot.
       const same = await decide([op], { reservation: reserve('a') });
@@ -250,6 +251,31 @@ export function conformance(name: string, make: MakeStore, opts: { propertyRuns?
       const quiet = await decide([slot('m3', 5, 10_000)], { reservation: reserve('g') });
       expect(quiet.expiredLeases).toBe(0);
       expect(quiet.states[0]!.used).toBe(1);
+    });
+
+    it('slots: report the oldest held slot and count those held long, expired ones left out', async () => {
+      fresh();
+      const t0 = t;
+      const op: SlotOp = { ...slot('s', 5, 10_000), longHeldMs: 5000 };
+      const at = async (ms: number, id: string, extra: Partial<Decision> = {}) => {
+        t = t0 + ms;
+        return (await decide([op], { reservation: reserve(id), ...extra })).states[0]!;
+      };
+      expect(await at(0, 'a')).toMatchObject({ used: 1, heldMs: 0, longHeld: 0 });
+      expect(await at(3000, 'b')).toMatchObject({ used: 2, heldMs: 3000, longHeld: 0 });
+      expect(await at(5000, 'c')).toMatchObject({ used: 3, heldMs: 5000, longHeld: 1 });
+      // b renews its lease (now until 15 000) and keeps its admission time.
+      expect(await at(5000, 'b')).toMatchObject({ used: 3, heldMs: 5000, longHeld: 1 });
+      // At 12 000 a has expired (10 000): a dry run frees nothing but leaves it out.
+      expect(await at(12_000, 'x', { dryRun: true })).toMatchObject({ used: 2, heldMs: 9000, longHeld: 2 });
+      const r = await decide([op], { reservation: reserve('d') });
+      expect(r.states[0]).toMatchObject({ used: 3, heldMs: 9000, longHeld: 2 });
+      expect(await store.release(key('res:b'))).toBe(true);
+      expect(await at(12_000, 'x', { dryRun: true })).toMatchObject({ used: 2, heldMs: 7000, longHeld: 1 });
+      // Without a threshold only the age is reported; with nothing held it is 0.
+      const plain = await decide([slot('s2', 5)], { reservation: reserve('e'), dryRun: true });
+      expect(plain.states[0]!.heldMs).toBe(0);
+      expect(plain.states[0]!.longHeld).toBeUndefined();
     });
 
     it('slot limit 0 never admits', async () => {
