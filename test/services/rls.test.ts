@@ -19,7 +19,7 @@ import {
 } from '../../src/services/rls.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { type LimiterStore, StoreUnavailableError } from '../../src/store/store.js';
-import type { CallContext } from '../../src/transport/types.js';
+import { callContext } from '../harness/context.js';
 
 const descriptor = (n: number, entries = 1, hitsAddend?: bigint) =>
   create(RateLimitDescriptorSchema, {
@@ -66,7 +66,7 @@ describe('validate: bounds are inclusive', () => {
   });
 });
 
-const ctx: CallContext = { headers: new Headers(), signal: new AbortController().signal, peer: 'test' };
+const ctx = callContext();
 const deps = (store: LimiterStore): Deps => {
   const config = parseConfigFiles([
     {

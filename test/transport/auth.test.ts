@@ -10,13 +10,9 @@ import {
   parseCredentials,
   serviceAuthFromEnv,
 } from '../../src/transport/auth.js';
-import type { CallContext } from '../../src/transport/types.js';
+import { callContext } from '../harness/context.js';
 
-const ctx = (authorization?: string): CallContext => ({
-  headers: new Headers(authorization === undefined ? {} : { authorization }),
-  signal: new AbortController().signal,
-  peer: 'test',
-});
+const ctx = (authorization?: string) => callContext(authorization === undefined ? {} : { authorization });
 
 const T1 = 'token-one-0123456789';
 const T2 = 'token-two-0123456789';
