@@ -10,6 +10,17 @@ export interface GatedStore {
   open(): void;
 }
 
+/** A store that passes every call on to `inner`, but for the ones `over` replaces. */
+export const wrapStore = (inner: LimiterStore, over: Partial<LimiterStore>): LimiterStore => ({
+  now: () => inner.now(),
+  decide: (d) => inner.decide(d),
+  settle: (s) => inner.settle(s),
+  release: (k) => inner.release(k),
+  healthy: () => inner.healthy(),
+  close: () => inner.close(),
+  ...over,
+});
+
 /** decide() waits at a closed gate until open(): a call held in flight, with no timer involved. */
 export const gatedStore = (inner: LimiterStore = new MemoryStore({ sweepIntervalMs: 0 })): GatedStore => {
   let release!: () => void;
@@ -20,18 +31,13 @@ export const gatedStore = (inner: LimiterStore = new MemoryStore({ sweepInterval
   const first = new Promise<void>((r) => {
     arrived = r;
   });
-  const store: LimiterStore = {
-    now: () => inner.now(),
+  const store = wrapStore(inner, {
     decide: async (d) => {
       arrived();
       await gate;
       return inner.decide(d);
     },
-    settle: (s) => inner.settle(s),
-    release: (k) => inner.release(k),
-    healthy: () => inner.healthy(),
-    close: () => inner.close(),
-  };
+  });
   return { store, waiting: () => first, open: release };
 };
 
@@ -41,14 +47,7 @@ export const switchableStore = (
 ): { store: LimiterStore; setHealthy(h: boolean): void } => {
   let healthy = true;
   return {
-    store: {
-      now: () => inner.now(),
-      decide: (d) => inner.decide(d),
-      settle: (s) => inner.settle(s),
-      release: (k) => inner.release(k),
-      healthy: () => healthy,
-      close: () => inner.close(),
-    },
+    store: wrapStore(inner, { healthy: () => healthy }),
     setHealthy: (h) => {
       healthy = h;
     },
