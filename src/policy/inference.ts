@@ -483,19 +483,15 @@ const statusFor = (l: Located | undefined, overLimit: boolean, name: (m: OpMeta)
 
 const limitName = (m: OpMeta) => `${m.scope}:${m.metric}`;
 
-/** The answer to an admission decided by the store. */
-export function renderAdmission(
-  adm: Admission,
-  result: DecisionResult,
-  scopes: readonly DescriptorScope[],
-  generatedId: boolean,
-): Outcome {
+const locate = (adm: Admission, result: DecisionResult) => {
   const located: Located[] = adm.meta.map((meta, i) => ({ meta, state: result.states[i]! }));
   const windowOps = located.filter((l) => !l.meta.unlimited && RATE_METRICS.has(l.meta.metric));
-  const denied = result.admitted ? undefined : located[result.denied];
-  const headers: [string, string][] = [];
-  const now = result.nowMs;
+  return { located, windowOps };
+};
 
+/** X-RateLimit-* and the per-metric x-ratelimit-* headers of the binding limits (contract §4). */
+function rateHeaders(windowOps: Located[], now: number): [string, string][] {
+  const headers: [string, string][] = [];
   const reqBinding = binding(windowOps.filter((l) => l.meta.metric === 'requests'));
   if (reqBinding) {
     const reset = String(secs(now + reqBinding.state.resetMs));
@@ -519,6 +515,24 @@ export function renderAdmission(
     }
   }
   if (reqBinding) headers.push(['x-ratelimit-window', String(secs(reqBinding.meta.windowMs))]);
+  return headers;
+}
+
+/**
+ * The answer to an admission decided by the store. A denial carries Retry-After: the time until the
+ * denied limit admits this request again (budgets: until their calendar period ends), omitted when
+ * it never can (the request's cost is above the limit).
+ */
+export function renderAdmission(
+  adm: Admission,
+  result: DecisionResult,
+  scopes: readonly DescriptorScope[],
+  generatedId: boolean,
+): Outcome {
+  const { located, windowOps } = locate(adm, result);
+  const denied = result.admitted ? undefined : located[result.denied];
+  const now = result.nowMs;
+  const headers = rateHeaders(windowOps, now);
 
   const statusScope: Record<DescriptorScope, Located[]> = {
     none: [],
@@ -564,11 +578,18 @@ export function renderAdmission(
   };
 }
 
-/** The answer to a denial decided by policy alone. */
+/**
+ * The answer to a denial decided by policy alone. `state` is a dry run of the request's admission
+ * (nothing consumed), for the same rate headers as any other decision; absent when the store could
+ * not answer, as a policy denial never depends on it. No Retry-After: a disabled or unknown key
+ * stays refused until an operator acts, and a request above the key's max_tokens cap never fits
+ * (a smaller one may be sent at once).
+ */
 export function renderPolicyDenial(
   d: PolicyDenial,
   scopes: readonly DescriptorScope[],
   generatedId: string | undefined,
+  state?: { adm: Admission; result: DecisionResult },
 ): Outcome {
   const details: Record<string, unknown> =
     d.code === 'MAX_TOKENS_LIMIT_EXCEEDED'
@@ -589,7 +610,10 @@ export function renderPolicyDenial(
         ? { overLimit: false, remaining: 0 }
         : { overLimit: true, remaining: 0 },
     ),
-    responseHeaders: [['x-ratelimit-denied', d.code]],
+    responseHeaders: [
+      ...(state ? rateHeaders(locate(state.adm, state.result).windowOps, state.result.nowMs) : []),
+      ['x-ratelimit-denied', d.code],
+    ],
     requestHeaders: generatedId !== undefined ? [['x-ratelimit-request-id', generatedId]] : [],
     body: JSON.stringify({ error: { type: errorType(d.code), message: msg, code: d.code, details } }),
   };

@@ -13,7 +13,7 @@ import {
   RateLimitResponseSchema,
 } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import type { InferencePolicy } from '../config/inference.js';
-import { invalid } from '../errors.js';
+import { invalid, RkError } from '../errors.js';
 import { type Principal, resolveKey } from '../keys/resolve.js';
 import { registry } from '../metrics.js';
 import {
@@ -29,7 +29,7 @@ import {
   renderPolicyDenial,
   type Unit,
 } from '../policy/inference.js';
-import type { DecisionResult } from '../store/store.js';
+import { type DecisionResult, StoreUnavailableError } from '../store/store.js';
 import type { CallContext } from '../transport/types.js';
 import type { Deps } from './deps.js';
 import type { LimitUsage } from './inference-events.js';
@@ -94,6 +94,13 @@ const allOk = (n: number): Outcome => ({
   requestHeaders: [],
 });
 
+/** The store could not answer (closed mode: RkError UNAVAILABLE; raw store: StoreUnavailableError). */
+const storeDown = (err: unknown): undefined => {
+  if (err instanceof StoreUnavailableError || (err instanceof RkError && err.code === 'UNAVAILABLE'))
+    return undefined;
+  throw err;
+};
+
 const emit = (
   deps: Deps,
   p: Principal,
@@ -101,13 +108,14 @@ const emit = (
   requestId: string,
   o: Outcome,
   atMs: number,
-  adm?: Admission,
-  result?: DecisionResult,
+  state?: { adm: Admission; result: DecisionResult },
 ) => {
   const hook = deps.events?.onDecision;
   if (!hook) return;
   const limits: LimitUsage[] = [];
   let held: { oldestMs: number; long: number } | undefined;
+  const adm = state?.adm;
+  const result = state?.result;
   if (adm && result) {
     adm.meta.forEach((m, i) => {
       const st = result.states[i]!;
@@ -136,7 +144,10 @@ const emit = (
       admitted: o.admitted,
       ...(o.code !== undefined ? { code: o.code } : {}),
       ...(o.deniedMeta ? { denied: { metric: o.deniedMeta.metric, scope: o.deniedMeta.scope } } : {}),
-      ...(result && result.denied >= 0 ? { retryMs: result.states[result.denied]!.retryMs } : {}),
+      // A limit's Retry-After; a policy denial (deniedMeta absent) has none.
+      ...(o.deniedMeta && result && result.denied >= 0
+        ? { retryMs: result.states[result.denied]!.retryMs }
+        : {}),
       limits,
       ...(held ? { held } : {}),
     });
@@ -198,9 +209,14 @@ export async function decideInference(
 
   const denial = precheck(policy, p, llm);
   if (denial) {
-    const o = renderPolicyDenial(denial, parsed.scopes, generated);
+    // A dry run of the same ops (one round trip, nothing consumed) gives the rate headers every
+    // decision carries; the denial itself stands whatever the store answers.
+    const dry = planAdmission(policy, p, llm, deps.store.now(), requestId, true);
+    const result = await deps.store.decide(dry.decision).catch(storeDown);
+    const state = result ? { adm: dry, result } : undefined;
+    const o = renderPolicyDenial(denial, parsed.scopes, generated, state);
     inferenceDecisions.inc({ code: denial.code });
-    emit(deps, p, llm, requestId, o, deps.store.now());
+    emit(deps, p, llm, requestId, o, result?.nowMs ?? deps.store.now(), state);
     return toResponse(o);
   }
 
@@ -210,7 +226,7 @@ export async function decideInference(
   inferenceDecisions.inc({ code: o.code ?? 'OK' });
   // The decision first: it carries the held slots as they are after the expiries were freed, so the
   // runaway signal never counts a slot both as long-held and as expired.
-  emit(deps, p, llm, requestId, o, result.nowMs, adm, result);
+  emit(deps, p, llm, requestId, o, result.nowMs, { adm, result });
   if (result.expiredLeases > 0) {
     leaseExpiries.inc(result.expiredLeases);
     try {

@@ -6,7 +6,8 @@ import { resolveKey } from '../../src/keys/resolve.js';
 import { inferenceKeys as K } from '../../src/policy/inference-keys.js';
 import { decideInference } from '../../src/services/rls-inference.js';
 import { debit } from '../../src/services/usage.js';
-import type { WindowOp } from '../../src/store/store.js';
+import { withFailureMode } from '../../src/store/factory.js';
+import { type LimiterStore, StoreUnavailableError, type WindowOp } from '../../src/store/store.js';
 import {
   body,
   type Entries,
@@ -106,17 +107,73 @@ describe.each(STORES)('inference domain on %s', (kind) => {
     expect(none.responseHeadersToAdd).toHaveLength(0);
   });
 
-  it('KEY_DISABLED: 402 quota_error, decided before any store call, ahead of an exhausted rate', async () => {
+  it('KEY_DISABLED: 402 quota_error ahead of an exhausted rate, with the rate headers, consuming nothing', async () => {
     // The disabled key shares acme's account: exhaust what it would be charged against anyway.
     for (let i = 0; i < 8; i++) await decideDone('acme', { key: 'k1', model: 'm-a' });
     expect((await decide({ key: 'k2', model: 'm-a', request_id: rid() })).overallCode).toBe(OVER);
-    const res = await decide({ key: 'off', model: 'm-a', request_id: rid() });
+    const res = await decide({ key: 'off', model: 'm-a', tokens_in: 10, tokens_out: 5, request_id: 'off1' });
     expect(res.overallCode).toBe(OVER);
-    expect(headers(res)['x-ratelimit-denied']).toBe('KEY_DISABLED');
-    expect(headers(res)['Retry-After']).toBeUndefined();
+    expect(headers(res)).toEqual({
+      'X-RateLimit-Limit': '8',
+      'X-RateLimit-Remaining': '0',
+      'X-RateLimit-Reset': String(T0 / 1000 + 61),
+      'x-ratelimit-limit-requests': '8',
+      'x-ratelimit-remaining-requests': '0',
+      'x-ratelimit-limit-tokens': '5000',
+      'x-ratelimit-remaining-tokens': '5000',
+      'x-ratelimit-limit-tokens-in': '3000',
+      'x-ratelimit-remaining-tokens-in': '3000',
+      'x-ratelimit-limit-tokens-out': '2000',
+      'x-ratelimit-remaining-tokens-out': '2000',
+      'x-ratelimit-window': '60',
+      // No Retry-After: a disabled key stays refused until an operator enables it.
+      'x-ratelimit-denied': 'KEY_DISABLED',
+    });
     expect(body(res).error).toMatchObject({ type: 'quota_error', code: 'KEY_DISABLED' });
     expect(res.statuses[0]!.code).toBe(OVER);
     expect(await used(K.modelRequests('acme', 'm-a', 60_000))).toBe(8);
+    expect(await used(K.keyRequests('acme', 'k:off', 60_000))).toBe(0);
+    expect(await used(K.modelTokensIn('acme', 'm-a', 60_000))).toBe(0);
+    // No slot and no reservation were taken.
+    expect(await env.store.release(K.reservation('acme', 'off1'))).toBe(false);
+    expect(env.decisions.at(-1)).toMatchObject({ admitted: false, code: 'KEY_DISABLED' });
+    expect(env.decisions.at(-1)?.retryMs).toBeUndefined();
+  });
+
+  it('a policy denial makes one store call, and stands when the store is down', async () => {
+    let calls = 0;
+    let down = false;
+    const inner = env.deps.store;
+    const counted: LimiterStore = {
+      now: () => inner.now(),
+      decide: (d) => {
+        calls++;
+        return down ? Promise.reject(new StoreUnavailableError('test: store down')) : inner.decide(d);
+      },
+      settle: (x) => inner.settle(x),
+      release: (k) => inner.release(k),
+      healthy: () => !down,
+      close: async () => {},
+    };
+    env.deps.store = counted;
+    try {
+      const res = await decide({ key: 'off', model: 'm-a', request_id: rid() });
+      expect(calls).toBe(1);
+      expect(headers(res)['x-ratelimit-limit-tokens-in']).toBe('3000');
+      down = true;
+      const blind = await decide({ key: 'off', model: 'm-a', request_id: rid() });
+      expect(blind.overallCode).toBe(OVER);
+      expect(headers(blind)).toEqual({ 'x-ratelimit-denied': 'KEY_DISABLED' });
+      expect(body(blind).error.code).toBe('KEY_DISABLED');
+      // Closed failure mode answers UNAVAILABLE: the denial stands, an admission is refused.
+      env.deps.store = withFailureMode(counted, 'closed', { onFailure: () => {} });
+      expect(headers(await decide({ key: 'off', request_id: rid() }))['x-ratelimit-denied']).toBe(
+        'KEY_DISABLED',
+      );
+      expect((await err(decide({ key: 'k1', request_id: rid() }))).code).toBe('UNAVAILABLE');
+    } finally {
+      env.deps.store = inner;
+    }
   });
 
   it('MAX_TOKENS_LIMIT_EXCEEDED: 400 invalid_request_error from tokens_out, else tokens', async () => {
@@ -133,6 +190,14 @@ describe.each(STORES)('inference domain on %s', (kind) => {
       code: 'MAX_TOKENS_LIMIT_EXCEEDED',
       details: { limit: 1000, requested: 1001, metric: 'max_tokens', scope: 'key' },
     });
+    // The rate headers of a decision, what the request would cost not counted; no Retry-After.
+    expect(headers(a)).toMatchObject({
+      'X-RateLimit-Limit': '100',
+      'X-RateLimit-Remaining': '100',
+      'x-ratelimit-remaining-tokens': '100000',
+      'x-ratelimit-remaining-tokens-out': '20000',
+    });
+    expect(headers(a)['Retry-After']).toBeUndefined();
     const b = await decide({ key: 'capped', tokens: 1001, request_id: rid() });
     expect(headers(b)['x-ratelimit-denied']).toBe('MAX_TOKENS_LIMIT_EXCEEDED');
     // tokens_out wins over tokens when both are sent.
@@ -370,6 +435,8 @@ describe.each(STORES)('inference domain on %s', (kind) => {
     const res = await decide({ key: 'sk-nobody', request_id: rid() });
     expect(res.overallCode).toBe(OVER);
     expect(headers(res)['x-ratelimit-denied']).toBe('KEY_UNKNOWN');
+    expect(headers(res)['x-ratelimit-limit-requests']).toBe('10');
+    expect(headers(res)['Retry-After']).toBeUndefined();
     expect(body(res).error).toMatchObject({ type: 'invalid_request_error', code: 'KEY_UNKNOWN' });
     expect((await decide({ key: 'k1', request_id: rid() })).overallCode).toBe(OK);
   });
