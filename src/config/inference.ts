@@ -7,6 +7,7 @@ import { hashWithPepper } from '../keys/hash.js';
 import type { KeyCaps, KeyRecord } from '../keys/types.js';
 import type { SignalSettings } from '../policy/signals.js';
 import { signalsSchema } from '../report/config.js';
+import { durationMs } from './duration.js';
 import { formatPath } from './errors.js';
 
 export const WINDOWS = { second: 1_000, minute: 60_000, hour: 3_600_000, day: 86_400_000 } as const;
@@ -109,7 +110,6 @@ const WINDOW_ALIASES: Record<string, WindowName> = {
   d: 'day',
   day: 'day',
 };
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 const count = z.number().int().min(0).max(MAX_COUNT);
 const windowName = z
@@ -149,12 +149,12 @@ const duration = z.union([
     .positive()
     .transform((s) => Math.round(s * 1000)),
   z.string().transform((s, ctx) => {
-    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/.exec(s);
-    if (!m) {
+    const ms = durationMs(s);
+    if (ms === undefined) {
       ctx.addIssue({ code: 'custom', message: `expected a duration like "10m", "90s", "1h", got "${s}"` });
       return z.NEVER;
     }
-    return Math.round(Number(m[1]) * DURATION_UNITS[m[2]!]!);
+    return ms;
   }),
 ]);
 

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { durationMs } from '../config/duration.js';
 import { defaultSignalSettings as d, type SignalSettings } from '../policy/signals.js';
 
 /**
@@ -6,15 +7,13 @@ import { defaultSignalSettings as d, type SignalSettings } from '../policy/signa
  * keeps its default (see defaultSignalSettings). Durations as elsewhere in the policy: "10m",
  * "90s", "1h", or a number of seconds.
  */
-const UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 const duration = z.union([
   z
     .number()
     .min(1)
     .transform((s) => Math.round(s * 1000)),
   z.string().transform((s, ctx) => {
-    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/.exec(s);
-    const ms = m ? Math.round(Number(m[1]) * UNITS[m[2]!]!) : 0;
+    const ms = durationMs(s) ?? 0;
     if (ms < 1000) {
       ctx.addIssue({
         code: 'custom',
