@@ -166,26 +166,13 @@ export const reportBinding = (deps: Deps): ServiceBinding => {
           op.kind === 'window' ? { ...op, cost: 0, limit: adm.meta[i]!.limit } : op,
         );
         const periods = periodsAt(nowMs, policy.timezone);
-        const extra: BudgetOp[] = [
-          {
-            kind: 'budget',
-            key: K.monthlyTokens(p.account, p.ref, periods.month),
-            limit: BIG,
-            periodEndMs: periods.monthEndMs,
-          },
-          {
-            kind: 'budget',
-            key: K.monthlySpend(p.account, p.ref, periods.month),
-            limit: BIG,
-            periodEndMs: periods.monthEndMs,
-          },
-          {
-            kind: 'budget',
-            key: K.dailySpend(p.account, p.ref, periods.day),
-            limit: BIG,
-            periodEndMs: periods.dayEndMs,
-          },
-        ];
+        const extra = (
+          [
+            [K.monthlyTokens(p.account, p.ref, periods.month), periods.monthEndMs],
+            [K.monthlySpend(p.account, p.ref, periods.month), periods.monthEndMs],
+            [K.dailySpend(p.account, p.ref, periods.day), periods.dayEndMs],
+          ] as const
+        ).map(([key, periodEndMs]): BudgetOp => ({ kind: 'budget', key, limit: BIG, periodEndMs }));
         const r = await deps.store.decide({
           ...adm.decision,
           ops: [...ops, ...extra],
