@@ -23,3 +23,8 @@ export class RkError extends Error {
 
 export const invalid = (field: string, message: string): RkError =>
   new RkError('INVALID_ARGUMENT', `${field}: ${message}`, field);
+
+/** INVALID_ARGUMENT naming the field when a string is longer than `max` characters. */
+export const checkLength = (value: string, field: string, max: number): void => {
+  if (value.length > max) throw invalid(field, `at most ${max} characters`);
+};

@@ -17,7 +17,7 @@ import {
 } from '../../gen/ratekeeper/v1/admin_pb.js';
 import { FlagState as FlagStateMsg } from '../../gen/ratekeeper/v1/report_pb.js';
 import type { InferencePolicy } from '../config/inference.js';
-import { invalid, RkError } from '../errors.js';
+import { checkLength, invalid, RkError } from '../errors.js';
 import { hashWithPepper } from '../keys/hash.js';
 import { type AuditRecord, type KeyRegistry, type Mutation, pageById } from '../keys/registry.js';
 import type { KeyCaps, KeyRecord, StoredKey } from '../keys/types.js';
@@ -70,10 +70,8 @@ const accountCheck = (account: string): void => {
   if (!ID_RE.test(account)) throw invalid('account', 'letters, digits, . _ @ - (1-128)');
 };
 
+/** Names and reasons: short free text. */
 const MAX_TEXT = 256;
-const textCheck = (value: string, field: string): void => {
-  if (value.length > MAX_TEXT) throw invalid(field, `at most ${MAX_TEXT} characters`);
-};
 
 const requireId = (id: string): string => {
   if (id === '') throw invalid('id', 'required');
@@ -219,7 +217,7 @@ export const adminBinding = (deps: Deps): ServiceBinding => {
         if (!ID_RE.test(id)) throw invalid('id', 'letters, digits, . _ @ - (1-128)');
         if (req.tier !== '') tierCheck(policy, req.tier, 'tier');
         if (req.account !== '') accountCheck(req.account);
-        textCheck(req.name, 'name');
+        checkLength(req.name, 'name', MAX_TEXT);
         const caps = capsFrom(req.caps, 'caps');
         if (policy.keysById.has(id))
           throw new RkError('ALREADY_EXISTS', `key "${id}" is defined in the policy file`);
@@ -272,7 +270,7 @@ export const adminBinding = (deps: Deps): ServiceBinding => {
         const policy = policyOf(deps);
         if (req.tier !== undefined) tierCheck(policy, req.tier, 'tier');
         if (req.account !== undefined) accountCheck(req.account);
-        if (req.name !== undefined) textCheck(req.name, 'name');
+        if (req.name !== undefined) checkLength(req.name, 'name', MAX_TEXT);
         const set = capsFrom(req.caps, 'caps');
         const clear = req.clearCaps.map((name, i) => {
           const cap = CAPS.find(([wire]) => wire === name);
@@ -313,7 +311,7 @@ export const adminBinding = (deps: Deps): ServiceBinding => {
 
       async disableKey(req, ctx) {
         const id = requireId(req.id);
-        textCheck(req.reason, 'reason');
+        checkLength(req.reason, 'reason', MAX_TEXT);
         return overlay(ctx, id, 'disable', ({ disabledReason: _, ...rec }) => ({
           ...rec,
           disabled: true,

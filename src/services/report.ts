@@ -12,7 +12,7 @@ import {
   TopKeysResponseSchema,
 } from '../../gen/ratekeeper/v1/report_pb.js';
 import { LimitStateSchema } from '../../gen/ratekeeper/v1/usage_pb.js';
-import { invalid, RkError } from '../errors.js';
+import { checkLength, invalid, RkError } from '../errors.js';
 import { resolveKey } from '../keys/resolve.js';
 import { planAdmission } from '../policy/inference.js';
 import { inferenceKeys as K, periodsAt } from '../policy/inference-keys.js';
@@ -38,6 +38,8 @@ import {
 } from './report-wire.js';
 import { policyOf } from './usage.js';
 
+/** Keys, models and accounts in requests. */
+const MAX_ARG = 512;
 /** Alerts a slow WatchAlerts subscriber may fall behind by before its stream is ended. */
 const WATCH_BACKLOG = 1_000;
 
@@ -148,8 +150,8 @@ export const reportBinding = (deps: Deps): ServiceBinding => {
 
       async getKeyUsage(req) {
         if (req.key === '') throw invalid('key', 'must not be empty');
-        if (req.key.length > 512) throw invalid('key', 'at most 512 characters');
-        if (req.model.length > 512) throw invalid('model', 'at most 512 characters');
+        checkLength(req.key, 'key', MAX_ARG);
+        checkLength(req.model, 'model', MAX_ARG);
         const policy = policyOf(deps);
         const p = resolveKey(req.key, policy, deps.keys);
         const nowMs = deps.store.now();
@@ -230,7 +232,7 @@ export const reportBinding = (deps: Deps): ServiceBinding => {
       },
 
       async *watchAlerts(req, ctx) {
-        if (req.account.length > 512) throw invalid('account', 'at most 512 characters');
+        checkLength(req.account, 'account', MAX_ARG);
         yield* watch(runtime(), req.account, ctx.signal);
       },
     },
