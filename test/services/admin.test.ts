@@ -1,3 +1,4 @@
+import { timestampMs } from '@bufbuild/protobuf/wkt';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { RateLimitResponse_Code } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
@@ -273,6 +274,23 @@ describe('AdminService keys', () => {
     expect((await code(admin.reviewFlag({ flagId: '', state: FlagState.REVIEWED }))).message).toMatch(
       /^flag_id/,
     );
+  });
+
+  it('ReviewFlag sends a flag raised at a fractional millisecond with whole-ms times, as ListFlags does', async () => {
+    const raised = await flags.raiseFlag({
+      key: 'k-frac',
+      account: 'acme',
+      signal: 'runaway_requests',
+      observed: 3,
+      threshold: 2,
+      windowMs: 60_000,
+      detail: 'x',
+      sinceMs: 0,
+      atMs: 1_234.5678,
+    });
+    const f = await admin.reviewFlag({ flagId: raised.flag!.id, state: FlagState.REVIEWED });
+    expect(f.firstSeen && timestampMs(f.firstSeen)).toBe(1_234);
+    expect(f.lastSeen && timestampMs(f.lastSeen)).toBe(1_234);
   });
 });
 
