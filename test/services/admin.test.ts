@@ -9,6 +9,7 @@ import { type RpcClient, RpcError } from '../../src/cli/client.js';
 import { hashWithPepper } from '../../src/keys/hash.js';
 import { MemoryKeyRegistry } from '../../src/keys/registry.js';
 import { MemoryReportStore } from '../../src/report/memory.js';
+import type { FlagInput } from '../../src/report/types.js';
 import { decideInference } from '../../src/services/rls-inference.js';
 import { body, headers, rlsRequest } from '../policy/inference-fixture.js';
 import {
@@ -244,18 +245,12 @@ describe('AdminService keys', () => {
     expect(entries.every((e) => e.actor === 'alice' && e.at !== undefined)).toBe(true);
   });
 
+  /** Raises a flag of account acme over a minute's evidence. */
+  const raise = (f: Pick<FlagInput, 'key' | 'signal' | 'observed' | 'threshold' | 'atMs'>) =>
+    flags.raiseFlag({ ...f, account: 'acme', windowMs: 60_000, detail: 'x', sinceMs: 0 });
+
   it('ReviewFlag reviews a flag in the report store and audits it', async () => {
-    const raised = await flags.raiseFlag({
-      key: 'k',
-      account: 'acme',
-      signal: 'retry_storm',
-      observed: 50,
-      threshold: 20,
-      windowMs: 60_000,
-      detail: 'x',
-      sinceMs: 0,
-      atMs: 1_000,
-    });
+    const raised = await raise({ key: 'k', signal: 'retry_storm', observed: 50, threshold: 20, atMs: 1_000 });
     const id = raised.flag!.id;
     const f = await admin.reviewFlag({ flagId: id, state: FlagState.DISMISSED, note: 'known client bug' });
     expect(f).toMatchObject({
@@ -277,15 +272,11 @@ describe('AdminService keys', () => {
   });
 
   it('ReviewFlag sends a flag raised at a fractional millisecond with whole-ms times, as ListFlags does', async () => {
-    const raised = await flags.raiseFlag({
+    const raised = await raise({
       key: 'k-frac',
-      account: 'acme',
       signal: 'runaway_requests',
       observed: 3,
       threshold: 2,
-      windowMs: 60_000,
-      detail: 'x',
-      sinceMs: 0,
       atMs: 1_234.5678,
     });
     const f = await admin.reviewFlag({ flagId: raised.flag!.id, state: FlagState.REVIEWED });
