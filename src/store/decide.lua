@@ -13,11 +13,13 @@ local rttl = tonumber(ARGV[5])
 local nops = tonumber(ARGV[6])
 
 local kind, lim, p1, p2, shadow, key, xkey, hkey, lh, skip = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+-- Slots: live slots before the decision (pre), after it (used).
 local fits, pre, S, O, N, C = {}, {}, {}, {}, {}, {}
 -- Requests whose leases expired in ops that count expiries, once each (not once per slot).
 local gone, expired = {}, 0
 local ki = 1
-local nowf = fmt(now)
+-- For exclusive score bounds ('(' .. nowf); %.17g as redis.call converts numbers.
+local nowf = string.format('%.17g', now)
 
 local function count_expired(k, w, c)
   local i = bidx(now, w)
@@ -49,15 +51,14 @@ for i = 1, nops do
       ki = ki + 1
     end
     local active
-    skip[i] = {}
     if dry then
       active = redis.call('ZCOUNT', key[i], '(' .. nowf, '+inf')
       -- Expired but not freed (a dry run frees nothing): not held, left out of the held figures.
       if active < redis.call('ZCARD', key[i]) then
-        skip[i] = redis.call('ZRANGEBYSCORE', key[i], '-inf', nowf)
+        skip[i] = redis.call('ZRANGEBYSCORE', key[i], '-inf', now)
       end
     else
-      local freed = redis.call('ZRANGEBYSCORE', key[i], '-inf', nowf)
+      local freed = redis.call('ZRANGEBYSCORE', key[i], '-inf', now)
       if #freed > 0 then
         zrem_all(key[i], freed)
         zrem_all(hkey[i], freed)
@@ -73,8 +74,13 @@ for i = 1, nops do
       end
       active = redis.call('ZCARD', key[i])
     end
-    local held = tonumber(redis.call('ZSCORE', key[i], rid))
-    fits[i] = (held ~= nil and held > now) or active < lim[i]
+    pre[i] = active
+    -- Whether the request already holds a slot matters only when the set is full.
+    fits[i] = active < lim[i]
+    if not fits[i] then
+      local held = tonumber(redis.call('ZSCORE', key[i], rid))
+      fits[i] = held ~= nil and held > now
+    end
   else
     pre[i] = tonumber(redis.call('GET', key[i])) or 0
     fits[i] = pre[i] < lim[i]
@@ -96,7 +102,7 @@ end
 if not dry then
   local res = nil
   if rid ~= '' and (admitted or not atomic) then
-    res = { 'r', rid, 't', nowf, 'x', fmt(now + rttl) }
+    res = { 'r', rid, 't', now, 'x', now + rttl }
   end
   for i = 1, nops do
     local apply
@@ -115,14 +121,17 @@ if not dry then
           res[#res + 1] = p2[i]
         end
       elseif kind[i] == 's' then
-        redis.call('ZADD', key[i], fmt(now + p1[i]), rid)
+        -- ZADD answers 1 for a new slot, 0 for a renewed lease.
+        pre[i] = pre[i] + redis.call('ZADD', key[i], now + p1[i], rid)
         -- A renewed lease keeps its first admission time.
-        redis.call('ZADD', hkey[i], 'NX', nowf, rid)
-        -- Kept one lease past the last expiry so a later check still counts the expiry. The two sets
-        -- are written together; the admission-time set is checked as it may be the newer one.
+        redis.call('ZADD', hkey[i], 'NX', now, rid)
+        -- Kept at least one lease past the last expiry so a later check still counts the expiry.
+        -- Extended to three leases once under two, so the (costly) PEXPIREs run once a lease, not
+        -- per admission. The two sets are written together; the admission-time set is checked as
+        -- it may be the newer one.
         if redis.call('PTTL', hkey[i]) < 2 * p1[i] then
-          redis.call('PEXPIRE', key[i], 2 * p1[i])
-          redis.call('PEXPIRE', hkey[i], 2 * p1[i])
+          redis.call('PEXPIRE', key[i], 3 * p1[i])
+          redis.call('PEXPIRE', hkey[i], 3 * p1[i])
         end
         if res then
           res[#res + 1] = 's:' .. key[i]
@@ -145,20 +154,25 @@ for i = 1, nops do
   if kind[i] == 'w' then
     wstate(out, key[i], S[i], O[i], N[i], ok, pre[i] + p2[i] - lim[i], lim[i], p2[i], p1[i], now)
   elseif kind[i] == 's' then
-    local first = redis.call('ZRANGEBYSCORE', key[i], '(' .. nowf, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    local last = redis.call('ZREVRANGEBYSCORE', key[i], '+inf', '(' .. nowf, 'WITHSCORES', 'LIMIT', 0, 1)
-    local used = redis.call('ZCOUNT', key[i], '(' .. nowf, '+inf')
+    -- pre counts the live slots after the decision: expired ones were freed (or, in a dry run,
+    -- not counted) and an admission added 1 unless it renewed a lease.
+    local used = pre[i]
     local retry = 0
     if not ok then
       if lim[i] < 1 then
         retry = -1
-      elseif first[2] then
-        retry = tonumber(first[2]) - now
+      else
+        local first = redis.call('ZRANGEBYSCORE', key[i], '(' .. nowf, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+        if first[2] then
+          retry = tonumber(first[2]) - now
+        end
       end
     end
+    -- The latest lease; when it is not live, no slot is.
+    local last = redis.call('ZRANGE', key[i], -1, -1, 'WITHSCORES')
     local reset = 0
     if last[2] then
-      reset = tonumber(last[2]) - now
+      reset = math.max(0, tonumber(last[2]) - now)
     end
     out[#out + 1] = ok and 1 or 0
     out[#out + 1] = used
@@ -183,12 +197,15 @@ end
 -- admitted at least lh ago (one ZCOUNT); slots in skip (expired, dry run only) are left out.
 for i = 1, nops do
   if kind[i] == 's' then
+    local sk = skip[i]
     local skipped = {}
-    for _, r in ipairs(skip[i]) do
-      skipped[r] = true
+    if sk then
+      for _, r in ipairs(sk) do
+        skipped[r] = true
+      end
     end
     local oldest = now
-    local top = redis.call('ZRANGE', hkey[i], 0, #skip[i], 'WITHSCORES')
+    local top = redis.call('ZRANGE', hkey[i], 0, sk and #sk or 0, 'WITHSCORES')
     for k = 1, #top, 2 do
       if not skipped[top[k]] then
         oldest = tonumber(top[k + 1])
@@ -198,11 +215,13 @@ for i = 1, nops do
     local long = -1
     if lh[i] >= 0 then
       local cut = now - lh[i]
-      long = redis.call('ZCOUNT', hkey[i], '-inf', fmt(cut))
-      for _, r in ipairs(skip[i]) do
-        local since = tonumber(redis.call('ZSCORE', hkey[i], r))
-        if since and since <= cut then
-          long = long - 1
+      long = redis.call('ZCOUNT', hkey[i], '-inf', cut)
+      if sk then
+        for _, r in ipairs(sk) do
+          local since = tonumber(redis.call('ZSCORE', hkey[i], r))
+          if since and since <= cut then
+            long = long - 1
+          end
         end
       end
     end

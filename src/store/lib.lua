@@ -1,11 +1,9 @@
 -- Shared by every script (prepended at load). Mirrors src/store/window.ts and memory.ts.
 -- A window is a hash: s = units counted, o = oldest bucket that may be present, n = newest bucket,
--- and one field per non-empty bucket index. Bucket indices exceed %.14g precision: always fmt().
+-- and one field per non-empty bucket index. Numbers go to redis.call as numbers: it converts them
+-- exactly (%.17g), while Lua's tostring and .. (%.14g) would round bucket indices and timestamps; a
+-- number concatenated into a string needs string.format('%.17g') (slow: avoid on the hot path).
 local B = 100
-
-local function fmt(x)
-  return string.format('%.0f', x)
-end
 
 -- Redis TIME (one clock for every instance) unless a test clock is given.
 local function clock(override)
@@ -32,8 +30,7 @@ end
 -- Drops buckets that left the counted range at bucket i. Returns total, oldest, newest (nil when
 -- empty) and the count of bucket i.
 local function wload(key, i)
-  local cur = fmt(i)
-  local h = redis.call('HMGET', key, 's', 'o', 'n', cur)
+  local h = redis.call('HMGET', key, 's', 'o', 'n', i)
   local s = tonumber(h[1])
   if not s then
     return 0, nil, nil, 0
@@ -47,7 +44,7 @@ local function wload(key, i)
   if o < lo then
     local f = {}
     for j = o, lo - 1 do
-      f[#f + 1] = fmt(j)
+      f[#f + 1] = j
     end
     local v = redis.call('HMGET', key, unpack(f))
     local drop = {}
@@ -62,7 +59,7 @@ local function wload(key, i)
       redis.call('HDEL', key, unpack(drop))
     end
     o = lo
-    redis.call('HSET', key, 's', fmt(s), 'o', fmt(o))
+    redis.call('HSET', key, 's', s, 'o', o)
   end
   return s, o, n, tonumber(h[4]) or 0
 end
@@ -77,13 +74,12 @@ local function wadd(key, j, amount, s, o, n, w, now, c)
     if amount < 0 then
       return s, o, n
     end
-    local jf = fmt(j)
-    redis.call('HSET', key, jf, fmt(amount), 's', fmt(amount), 'o', jf, 'n', jf)
+    redis.call('HSET', key, j, amount, 's', amount, 'o', j, 'n', j)
     redis.call('PEXPIRE', key, until_leave(j, w, now) + 1)
     return amount, j, j
   end
   if c == nil then
-    c = tonumber(redis.call('HGET', key, fmt(j))) or 0
+    c = tonumber(redis.call('HGET', key, j)) or 0
   end
   local v = math.max(0, c + amount)
   if v == c then
@@ -92,13 +88,13 @@ local function wadd(key, j, amount, s, o, n, w, now, c)
   s = s + v - c
   if j > n then
     n = j
-    redis.call('HSET', key, fmt(j), fmt(v), 's', fmt(s), 'n', fmt(n))
+    redis.call('HSET', key, j, v, 's', s, 'n', n)
     redis.call('PEXPIRE', key, until_leave(n, w, now) + 1)
   elseif j < o then
     o = j
-    redis.call('HSET', key, fmt(j), fmt(v), 's', fmt(s), 'o', fmt(o))
+    redis.call('HSET', key, j, v, 's', s, 'o', o)
   else
-    redis.call('HSET', key, fmt(j), fmt(v), 's', fmt(s))
+    redis.call('HSET', key, j, v, 's', s)
   end
   return s, o, n
 end
@@ -116,7 +112,7 @@ local function wstate(out, key, s, o, n, ok, need, limit, cost, w, now)
     elseif n then
       local f = {}
       for j = o, n do
-        f[#f + 1] = fmt(j)
+        f[#f + 1] = j
       end
       local v = redis.call('HMGET', key, unpack(f))
       local freed = 0
