@@ -304,7 +304,15 @@ export function planAdmission(
     if (!l) return;
     // Nothing reserved: denied once what is counted reaches the limit (store admits used + cost <= limit).
     const limit = cost === 0 ? l.limit - 1 : l.limit;
-    ops.push({ kind: 'window', key, limit, windowMs: l.windowMs, cost });
+    // Request counts are never settled: the reservation records token windows only.
+    ops.push({
+      kind: 'window',
+      key,
+      limit,
+      windowMs: l.windowMs,
+      cost,
+      ...(metric === 'requests' ? { reserve: false } : {}),
+    });
     meta.push({ metric, scope, limit: l.limit, windowMs: l.windowMs, window: l.window, cost });
   };
   window(K.keyRequests(a, p.ref, tier.requests?.windowMs ?? 0), tier.requests, 'requests', 'key', 1);

@@ -1,7 +1,7 @@
 -- One decision. KEYS: each op's key (a slot op: then its admission-time key, then its expiredKey when
 -- it has an expiry window), then the reservation key when ARGV[4] is set. ARGV: clock, atomic,
 -- dryRun, requestId, reservationTtlMs, op count, then per op: kind (w|s|b), limit, p1, p2, p3 —
--- window: windowMs, cost, shadow; slot: leaseMs, expiredWindowMs (0: none), longHeldMs (-1: none);
+-- window: windowMs, cost, flags (1: shadow, 2: not recorded in the reservation); slot: leaseMs, expiredWindowMs (0: none), longHeldMs (-1: none);
 -- budget: periodEndMs, 0, 0.
 -- Returns admitted, denied (0-based, -1), now, expiredLeases, then per op ok, used, remaining, resetMs,
 -- retryMs, then per slot op heldMs, longHeld (-1 when not asked).
@@ -13,6 +13,7 @@ local rttl = tonumber(ARGV[5])
 local nops = tonumber(ARGV[6])
 
 local kind, lim, p1, p2, shadow, key, xkey, hkey, lh, skip = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+local norec = {}
 -- Slots: live slots before the decision (pre), after it (used).
 local fits, pre, S, O, N, C = {}, {}, {}, {}, {}, {}
 -- Requests whose leases expired in ops that count expiries, once each (not once per slot).
@@ -34,7 +35,11 @@ for i = 1, nops do
   lim[i] = tonumber(ARGV[a + 2])
   p1[i] = tonumber(ARGV[a + 3])
   p2[i] = tonumber(ARGV[a + 4])
-  shadow[i] = kd == 'w' and ARGV[a + 5] == '1'
+  if kd == 'w' then
+    local flags = tonumber(ARGV[a + 5])
+    shadow[i] = flags % 2 == 1
+    norec[i] = flags >= 2
+  end
   key[i] = KEYS[ki]
   ki = ki + 1
   if kd == 'w' then
@@ -116,7 +121,7 @@ if not dry then
         if p2[i] > 0 then
           S[i], O[i], N[i] = wadd(key[i], bidx(now, p1[i]), p2[i], S[i], O[i], N[i], p1[i], now, C[i])
         end
-        if res then
+        if res and not norec[i] then
           res[#res + 1] = 'w:' .. key[i]
           res[#res + 1] = p2[i]
         end

@@ -160,8 +160,18 @@ local function reservation(key, now)
   return res
 end
 
--- Frees the reservation's slots and marks it freed (f). The record stays until its expiry so a
--- settle after a release still corrects the reserved amounts.
+-- true when the reservation holds no reserved amount a settle still has to correct.
+local function settled(res)
+  for f, v in pairs(res) do
+    if string.sub(f, 1, 2) == 'w:' and tonumber(v) ~= 0 then
+      return false
+    end
+  end
+  return true
+end
+
+-- Frees the reservation's slots. The record stays (marked f) while it holds amounts a later settle
+-- must correct (a Debit after a Release, the second half of a split stream-done); else it goes.
 local function free(key, res)
   for f, _ in pairs(res) do
     if string.sub(f, 1, 2) == 's:' then
@@ -170,5 +180,9 @@ local function free(key, res)
       redis.call('ZREM', k .. HELD, res['r'])
     end
   end
-  redis.call('HSET', key, 'f', '1')
+  if settled(res) then
+    redis.call('DEL', key)
+  else
+    redis.call('HSET', key, 'f', '1')
+  end
 end

@@ -50,6 +50,9 @@ interface Res {
   dropAt: number;
 }
 
+/** No reserved amount is left for a settle to correct. */
+const settled = (res: Res): boolean => res.amounts.every((a) => a === 0);
+
 function trim(w: Win, lo: number): void {
   const b = w.b;
   let h = w.h;
@@ -197,7 +200,7 @@ export class MemoryStore implements LimiterStore {
   async release(reservationKey: string): Promise<boolean> {
     const res = this.liveReservation(reservationKey, this.clock());
     if (!res || res.freed) return false;
-    this.free(res);
+    this.free(reservationKey, res);
     return true;
   }
 
@@ -274,7 +277,7 @@ export class MemoryStore implements LimiterStore {
         if (atomic ? !admitted : !(fits[i] || shadow)) continue;
         if (op.kind === 'window') {
           if (op.cost > 0) this.count(op.key, op.windowMs, op.cost, now);
-          if (res) {
+          if (res && op.reserve !== false) {
             res.windowKeys.push(op.key);
             res.amounts.push(op.cost);
           }
@@ -376,7 +379,12 @@ export class MemoryStore implements LimiterStore {
       });
     }
 
-    if (!duplicate && s.release && res && !res.freed) this.free(res);
+    if (!duplicate && res) {
+      // Slots freed earlier: forget the record once nothing is left to correct.
+      if (res.freed) {
+        if (settled(res)) this.reservations.delete(s.reservationKey);
+      } else if (s.release) this.free(s.reservationKey, res);
+    }
     return { duplicate, reserved: res !== undefined, windows, counters, nowMs: now };
   }
 
@@ -449,13 +457,17 @@ export class MemoryStore implements LimiterStore {
     return res;
   }
 
-  /** Frees the slots; the record stays until its TTL so a Debit after a Release still settles it. */
-  private free(res: Res): void {
+  /**
+   * Frees the slots. The record stays (until its TTL) while it holds amounts a later settle must
+   * correct (a Debit after a Release, the second half of a split stream-done); else it goes.
+   */
+  private free(reservationKey: string, res: Res): void {
     for (const key of res.slotKeys) {
       const slots = this.slots.get(key);
       slots?.leases.delete(res.requestId);
       slots?.since.delete(res.requestId);
     }
-    res.freed = true;
+    if (settled(res)) this.reservations.delete(reservationKey);
+    else res.freed = true;
   }
 }

@@ -166,7 +166,13 @@ export class RedisStore implements LimiterStore {
       const op = d.ops[i]!;
       keys.push(p + op.key);
       if (op.kind === 'window') {
-        args.push('w', num(op.limit), op.windowMs, op.cost, op.shadow ? 1 : 0);
+        args.push(
+          'w',
+          num(op.limit),
+          op.windowMs,
+          op.cost,
+          (op.shadow ? 1 : 0) + (op.reserve === false ? 2 : 0),
+        );
       } else if (op.kind === 'slot') {
         if (!res) throw new Error(`slot op ${op.key} needs decision.reservation`);
         keys.push(p + op.key + HELD_SUFFIX);

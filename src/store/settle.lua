@@ -34,6 +34,7 @@ for i = 1, nw do
       s, o, n = wadd(k, at, amount - r, s, o, n, w, now, known)
       -- Later settles of the same admission add their whole amount.
       redis.call('HSET', rkey, 'w:' .. k, 0)
+      res['w:' .. k] = '0'
     else
       s, o, n = wadd(k, cur, amount, s, o, n, w, now, c)
     end
@@ -61,7 +62,14 @@ for i = 1, nc do
   out[#out + 1] = ok and 0 or reset
 end
 
-if not dup and release and reserved and not res['f'] then
-  free(rkey, res)
+if not dup and reserved then
+  if res['f'] then
+    -- Slots freed earlier: forget the record once nothing is left to correct.
+    if settled(res) then
+      redis.call('DEL', rkey)
+    end
+  elseif release then
+    free(rkey, res)
+  end
 end
 return out

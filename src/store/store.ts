@@ -27,6 +27,11 @@ export interface WindowOp {
   cost: number;
   /** Shadow mode: state is reported (ok = would it admit) and counted, but the op never denies. */
   shadow?: boolean;
+  /**
+   * false: not recorded in the decision's reservation (a count no settle corrects, e.g. requests),
+   * so a fully settled reservation can be forgotten. Default: recorded.
+   */
+  reserve?: boolean;
 }
 
 /**

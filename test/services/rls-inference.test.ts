@@ -96,7 +96,10 @@ describe('inference domain over real sockets', () => {
 
   it('Debit and Release over Connect JSON on the HTTP port', async () => {
     const client = connectClient(UsageService, server.httpUrl, 'connect-json');
-    await rls.shouldRateLimit({ domain: 'inference', descriptors: [d({ key: 'other', request_id: 'cj1' })] });
+    await rls.shouldRateLimit({
+      domain: 'inference',
+      descriptors: [d({ key: 'other', tokens: 100, request_id: 'cj1' })],
+    });
     expect((await client.release({ requestId: 'cj1', key: 'other' })).released).toBe(true);
     const res = await client.debit({
       requestId: 'cj1',
@@ -106,7 +109,7 @@ describe('inference domain over real sockets', () => {
       tokensOut: 0n,
     });
     expect(res.spendMicros).toBe(2500n);
-    // Release freed the slot but kept the reservation: the later Debit still settles against it.
+    // Release freed the slot but kept the reservation (100 tokens to correct): the Debit settles it.
     expect(res.admitted).toBe(true);
   });
 

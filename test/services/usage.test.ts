@@ -105,8 +105,9 @@ describe.each(STORES)('UsageService on %s', (kind) => {
       scope: 'account_model',
       used: 300n,
     });
-    // The slot was released: the reservation is gone.
+    // The slot was released and nothing is left to correct: the reservation is gone.
     expect((await release('q1', 'k1')).released).toBe(false);
+    expect((await env.storeKeys()).filter((k) => k.includes(':res:'))).toEqual([]);
   });
 
   it('split reservations settle per metric (reserved 800 in → actual 300 in)', async () => {

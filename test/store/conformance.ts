@@ -441,6 +441,27 @@ export function conformance(name: string, make: MakeStore, opts: { propertyRuns?
         expect((await peek(tin)).used).toBe(100);
         // b's slot is untouched by the second releasing settle.
         expect((await decide([slot('s', 1)], { reservation: reserve('c') })).admitted).toBe(false);
+        // Nothing is left to correct: the record is gone.
+        expect((await store.settle({ ...part('in', 1), onceKey: key('once:a:x') })).reserved).toBe(false);
+      });
+
+      it('forgets a reservation once its slots are freed and nothing is left to correct', async () => {
+        fresh();
+        const req: WindowOp = { ...win('req', 10, 1, 60_000), reserve: false };
+        const tok = win('tok', 1000, 100, 60_000);
+        await decide([slot('s', 1), req, tok], { reservation: reserve('a') });
+        expect((await store.settle(settleOf('a', 40))).reserved).toBe(true);
+        // The request count is not recorded: the settle corrected everything, and freed the slot.
+        expect((await store.settle({ ...settleOf('a', 5), onceKey: key('once:a2') })).reserved).toBe(false);
+        expect(await store.release(key('res:a'))).toBe(false);
+        expect((await peek(win('req', 10, 1, 60_000))).used).toBe(1);
+        // A release with nothing reserved forgets it at once; one with tokens reserved keeps it.
+        await decide([slot('s', 1), req], { reservation: reserve('b') });
+        expect(await store.release(key('res:b'))).toBe(true);
+        expect((await store.settle(settleOf('b', 5))).reserved).toBe(false);
+        await decide([slot('s', 1), req, tok], { reservation: reserve('c') });
+        expect(await store.release(key('res:c'))).toBe(true);
+        expect((await store.settle(settleOf('c', 5))).reserved).toBe(true);
       });
 
       it('forgets reservations after their TTL', async () => {
