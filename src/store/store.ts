@@ -142,8 +142,9 @@ export interface Settle {
   /** Calendar counters (monthly tokens, spend) incremented by amount; expire ttlMs after now. */
   counters: { key: string; amount: number; ttlMs: number; limit: number; periodEndMs: number }[];
   /**
-   * Free the admission's slots. The reservation record stays (until its TTL) so a later settle of
-   * other metrics of the same request still corrects what was reserved for them.
+   * Free the admission's slots. The reservation record stays (until its TTL) while it holds amounts
+   * not settled yet, so a later settle of other metrics of the same request still corrects what was
+   * reserved for them; a record with nothing left to correct is forgotten once its slots are free.
    */
   release: boolean;
 }
@@ -171,8 +172,8 @@ export interface LimiterStore {
   settle(settle: Settle): Promise<SettleResult>;
   /**
    * Free the reservation's slots; false when none was held (unknown, expired or already freed).
-   * Reserved window units stay counted, and the record stays: a later settle (Debit after Release)
-   * still replaces what was reserved by the actual amount.
+   * Reserved window units stay counted, and the record stays while it holds reserved amounts: a
+   * later settle (Debit after Release) still replaces them by the actual amounts.
    */
   release(reservationKey: string): Promise<boolean>;
   /** true while the backend answers. */
