@@ -170,9 +170,7 @@ local function settled(res)
   return true
 end
 
--- Frees the reservation's slots. The record stays (marked f) while it holds amounts a later settle
--- must correct (a Debit after a Release, the second half of a split stream-done); else it goes.
-local function free(key, res)
+local function free_slots(res)
   for f, _ in pairs(res) do
     if string.sub(f, 1, 2) == 's:' then
       local k = string.sub(f, 3)
@@ -180,6 +178,12 @@ local function free(key, res)
       redis.call('ZREM', k .. HELD, res['r'])
     end
   end
+end
+
+-- Frees the reservation's slots. The record stays (marked f) while it holds amounts a later settle
+-- must correct (a Debit after a Release, the second half of a split stream-done); else it goes.
+local function free(key, res)
+  free_slots(res)
   if settled(res) then
     redis.call('DEL', key)
   else

@@ -14,6 +14,8 @@ local reserved = res ~= nil
 res = res or {}
 
 local out = { dup and 1 or 0, reserved and 1 or 0, now }
+-- Reserved amounts settled now: zeroed in the record at the end, unless the record goes.
+local zeroed = {}
 for i = 1, nw do
   local k = KEYS[2 + i]
   local a = 5 + (i - 1) * 3
@@ -33,7 +35,8 @@ for i = 1, nw do
       end
       s, o, n = wadd(k, at, amount - r, s, o, n, w, now, known)
       -- Later settles of the same admission add their whole amount.
-      redis.call('HSET', rkey, 'w:' .. k, 0)
+      zeroed[#zeroed + 1] = 'w:' .. k
+      zeroed[#zeroed + 1] = 0
       res['w:' .. k] = '0'
     else
       s, o, n = wadd(k, cur, amount, s, o, n, w, now, c)
@@ -63,13 +66,18 @@ for i = 1, nc do
 end
 
 if not dup and reserved then
-  if res['f'] then
-    -- Slots freed earlier: forget the record once nothing is left to correct.
-    if settled(res) then
-      redis.call('DEL', rkey)
-    end
-  elseif release then
-    free(rkey, res)
+  local freed = res['f'] ~= nil
+  if release and not freed then
+    free_slots(res)
+    zeroed[#zeroed + 1] = 'f'
+    zeroed[#zeroed + 1] = 1
+    freed = true
+  end
+  -- Slots free and nothing left to correct: forget the record.
+  if freed and settled(res) then
+    redis.call('DEL', rkey)
+  elseif #zeroed > 0 then
+    redis.call('HSET', rkey, unpack(zeroed))
   end
 end
 return out
