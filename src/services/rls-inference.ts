@@ -180,7 +180,7 @@ async function streamDone(deps: Deps, policy: InferencePolicy, parsed: ParsedInf
     // idempotent per request id and metric set (the once-key suffix) and settles only its own
     // metrics against their reservation (the key's total window takes the reservation's correction
     // on the first call, later calls add their whole amount). The first call frees the slots; the
-    // reservation record outlives that (store.release keeps it), so the second still settles
+    // store keeps the reservation while amounts are left to correct, so the second still settles
     // against it and its own release is a no-op.
     true,
     `:sd:${kinds}`,

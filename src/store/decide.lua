@@ -1,8 +1,8 @@
 -- One decision. KEYS: each op's key (a slot op: then its admission-time key, then its expiredKey when
 -- it has an expiry window), then the reservation key when ARGV[4] is set. ARGV: clock, atomic,
 -- dryRun, requestId, reservationTtlMs, op count, then per op: kind (w|s|b), limit, p1, p2, p3 —
--- window: windowMs, cost, flags (1: shadow, 2: not recorded in the reservation); slot: leaseMs, expiredWindowMs (0: none), longHeldMs (-1: none);
--- budget: periodEndMs, 0, 0.
+-- window: windowMs, cost, flags (1: shadow, 2: not recorded in the reservation); slot: leaseMs,
+-- expiredWindowMs (0: none), longHeldMs (-1: none); budget: periodEndMs, 0, 0.
 -- Returns admitted, denied (0-based, -1), now, expiredLeases, then per op ok, used, remaining, resetMs,
 -- retryMs, then per slot op heldMs, longHeld (-1 when not asked).
 local now = clock(ARGV[1])
@@ -14,7 +14,8 @@ local nops = tonumber(ARGV[6])
 
 local kind, lim, p1, p2, shadow, key, xkey, hkey, lh, skip = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
 local norec = {}
--- Slots: live slots before the decision (pre), after it (used).
+-- pre: windows, units counted before the decision; budgets, the period's usage; slots, live slots
+-- (plus the one an admission adds).
 local fits, pre, S, O, N, C = {}, {}, {}, {}, {}, {}
 -- Requests whose leases expired in ops that count expiries, once each (not once per slot).
 local gone, expired = {}, 0

@@ -45,7 +45,7 @@ interface Res {
   windowKeys: string[];
   amounts: number[];
   slotKeys: string[];
-  /** Slots freed (Release, or a settle that released): kept so a later settle still corrects the reservation. */
+  /** Slots freed (Release, or a settle that released); kept only while amounts are left to correct. */
   freed: boolean;
   dropAt: number;
 }
