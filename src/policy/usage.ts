@@ -61,6 +61,18 @@ export function modelFor(policy: InferencePolicy, model: string, field: string):
   return m;
 }
 
+/**
+ * A stream-done debit's model when the policy has neither an entry for it nor a `*` entry: it was
+ * admitted with the key's limits alone, so it settles those (key token window, monthly tokens) at
+ * no spend, with the policy's lease. Stream-done cannot be refused (Envoy has no Release to fall
+ * back on), so refusing would leave the slot held for the whole lease.
+ */
+export const unpricedModel = (policy: InferencePolicy, model: string): Model => ({
+  id: model,
+  leaseMs: policy.leaseMs,
+  limits: new Map(),
+});
+
 export function planSettle(
   policy: InferencePolicy,
   p: Principal,

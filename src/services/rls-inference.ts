@@ -24,11 +24,13 @@ import {
   type ParsedInference,
   parseInferenceRequest,
   planAdmission,
+  policyModel,
   precheck,
   renderAdmission,
   renderPolicyDenial,
   type Unit,
 } from '../policy/inference.js';
+import { unpricedModel } from '../policy/usage.js';
 import { type DecisionResult, StoreUnavailableError } from '../store/store.js';
 import type { CallContext } from '../transport/types.js';
 import type { Deps } from './deps.js';
@@ -45,6 +47,12 @@ export const inferenceDecisions = new Counter({
 export const leaseExpiries = new Counter({
   name: 'ratekeeper_expired_slot_leases_total',
   help: 'Requests whose concurrency slot leases were freed because no Debit or Release came in time (runaway/hung requests); once per request, whatever slots it held.',
+  registers: [registry],
+});
+
+export const unpricedDebits = new Counter({
+  name: 'ratekeeper_unpriced_debits_total',
+  help: 'Stream-done debits for a model with no policy entry and no "*" entry: tokens counted, no spend added, slot freed.',
   registers: [registry],
 });
 
@@ -156,7 +164,11 @@ const emit = (
   }
 };
 
-/** Envoy's apply_on_stream_done descriptors: a debit that always answers OK. */
+/**
+ * Envoy's apply_on_stream_done descriptors: a debit that always answers OK. Unlike Debit it cannot
+ * refuse a model the policy cannot price: Envoy sends no Release, so the slot would stay held for
+ * the whole lease. Such a debit settles the key's limits at no spend, and is logged and counted.
+ */
 async function streamDone(deps: Deps, policy: InferencePolicy, parsed: ParsedInference): Promise<Outcome> {
   const llm = parsed.llm!;
   const usage = parsed.usage!;
@@ -164,18 +176,20 @@ async function streamDone(deps: Deps, policy: InferencePolicy, parsed: ParsedInf
     throw invalid(llm.at.usage!, 'a usage descriptor needs a model entry to be priced');
   const p = resolveKey(llm.key, policy, deps.keys, hintsOf(llm, policy));
   const kinds = Object.keys(usage).sort().join(',');
-  await debit(
+  const priced = policyModel(policy, llm.model);
+  const requestId = llm.requestId ?? anonymousRequestId();
+  const out = await debit(
     deps,
     policy,
     p,
     llm.model,
-    llm.at.model!,
+    priced ?? unpricedModel(policy, llm.model),
     {
       ...(usage.tokens_in !== undefined ? { tokensIn: usage.tokens_in } : {}),
       ...(usage.tokens_out !== undefined ? { tokensOut: usage.tokens_out } : {}),
       ...(usage.tokens !== undefined ? { tokens: usage.tokens } : {}),
     },
-    llm.requestId ?? anonymousRequestId(),
+    requestId,
     // Envoy may report tokens_in and tokens_out in separate calls for one request. Each call is
     // idempotent per request id and metric set (the once-key suffix) and settles only its own
     // metrics against their reservation (the key's total window takes the reservation's correction
@@ -185,6 +199,13 @@ async function streamDone(deps: Deps, policy: InferencePolicy, parsed: ParsedInf
     true,
     `:sd:${kinds}`,
   );
+  if (!priced && !out.duplicate) {
+    unpricedDebits.inc();
+    deps.log.warn(
+      { key: p.ref, account: p.account, model: llm.model.slice(0, 64), requestId },
+      'stream-done debit for a model the policy does not price: tokens counted, no spend',
+    );
+  }
   return allOk(parsed.scopes.length);
 }
 

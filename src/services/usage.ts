@@ -7,7 +7,7 @@ import {
   ReleaseResponseSchema,
   UsageService,
 } from '../../gen/ratekeeper/v1/usage_pb.js';
-import type { InferencePolicy } from '../config/inference.js';
+import type { InferencePolicy, Model } from '../config/inference.js';
 import { invalid, RkError } from '../errors.js';
 import { type Principal, resolveKey } from '../keys/resolve.js';
 import { registry } from '../metrics.js';
@@ -57,19 +57,21 @@ export interface DebitOutcome {
   limits: LimitStateOut[];
 }
 
-/** One atomic settle; shared by UsageService.Debit and stream-done descriptors. */
+/**
+ * One atomic settle; shared by UsageService.Debit and stream-done descriptors. `model` is the entry
+ * the debit is priced and limited by (see modelFor, unpricedModel).
+ */
 export async function debit(
   deps: Deps,
   policy: InferencePolicy,
   p: Principal,
   modelId: string,
-  modelField: string,
+  model: Model,
   usage: Usage,
   requestId: string,
   release: boolean,
   onceSuffix = '',
 ): Promise<DebitOutcome> {
-  const model = modelFor(policy, modelId, modelField);
   const plan = planSettle(policy, p, modelId, model, usage, requestId, release, deps.store.now(), onceSuffix);
   const r = await deps.store.settle(plan.settle);
   debitsTotal.inc({ result: r.duplicate ? 'duplicate' : r.reserved ? 'settled' : 'unreserved' });
@@ -135,7 +137,9 @@ export const usageBinding = (deps: Deps): ServiceBinding =>
       };
       const policy = policyOf(deps);
       const p = principalOf(policy, deps, key, req.account, req.tier);
-      const out = await debit(deps, policy, p, modelId, 'model', usage, requestId, req.release ?? true);
+      // Strict: the caller can Release when the model cannot be priced.
+      const model = modelFor(policy, modelId, 'model');
+      const out = await debit(deps, policy, p, modelId, model, usage, requestId, req.release ?? true);
       return create(DebitResponseSchema, {
         duplicate: out.duplicate,
         admitted: out.reserved,

@@ -223,7 +223,7 @@ describe.each(STORES)('inference domain on %s', (kind) => {
       p,
       resolveKey('k1', p, env.dir),
       'm-a',
-      'model',
+      p.models.get('m-a')!,
       { tokensIn: 150, tokensOut: 0 },
       'o0',
       false,
