@@ -46,6 +46,8 @@ export interface Model {
   readonly id: string;
   readonly price?: Price;
   readonly leaseMs: number;
+  /** Retry-After advised on CONCURRENT_LIMIT_EXCEEDED for this model (the policy's unless set). */
+  readonly concurrencyRetryAfterMs: number;
   /** By tier name; `*` applies to tiers not listed. */
   readonly limits: ReadonlyMap<string, ModelLimits>;
 }
@@ -60,6 +62,12 @@ export interface InferencePolicy {
   readonly timezone: string;
   readonly defaultTier: string;
   readonly leaseMs: number;
+  /**
+   * Retry-After advised on CONCURRENT_LIMIT_EXCEEDED, capped by the time until the oldest lease
+   * expires. A slot frees when a request ends, which no one can predict; the lease expiry is only
+   * an upper bound, and advising it would make clients wait minutes for a slot freed in seconds.
+   */
+  readonly concurrencyRetryAfterMs: number;
   readonly tiers: ReadonlyMap<string, Tier>;
   readonly models: ReadonlyMap<string, Model>;
   readonly keysById: ReadonlyMap<string, KeyRecord>;
@@ -92,6 +100,7 @@ export class PolicyError extends Error {
 export const DEFAULT_TIER_REQUESTS: Limit = { limit: 60, window: 'minute', windowMs: WINDOWS.minute };
 export const DEFAULT_TIER_CONCURRENT = 5;
 export const DEFAULT_LEASE_MS = 10 * 60_000;
+export const DEFAULT_CONCURRENCY_RETRY_AFTER_MS = 1_000;
 export const DEFAULT_PEPPER_ENV = 'RATEKEEPER_KEY_PEPPER';
 /** Upper bound of any count in the policy, far above real use and exact in a double. */
 export const MAX_COUNT = 1e12;
@@ -158,6 +167,9 @@ const duration = z.union([
   }),
 ]);
 
+/** A Retry-After: a duration above zero. */
+const retryAfter = duration.refine((ms) => ms > 0, { message: 'must be above zero' });
+
 const usd = z.number().min(0).max(1e6);
 const concurrent = count.nullable();
 
@@ -180,6 +192,8 @@ const modelSchema = z
   .strictObject({
     price: z.strictObject({ input_per_million_usd: usd, output_per_million_usd: usd }).optional(),
     lease: duration.optional(),
+    /** Overrides the top-level concurrency_retry_after for requests to this model. */
+    concurrency_retry_after: retryAfter.optional(),
     limits: z.record(z.string(), modelLimitsSchema.nullable()).optional(),
   })
   .nullable();
@@ -213,6 +227,11 @@ const policySchema = z.strictObject({
   timezone: z.string().default('UTC'),
   default_tier: z.string().optional(),
   lease: duration.optional(),
+  /**
+   * Retry-After on CONCURRENT_LIMIT_EXCEEDED (default 1s), capped by the time until the oldest slot's
+   * lease expires: a slot frees when some request ends, so there is no true time until admission.
+   */
+  concurrency_retry_after: retryAfter.optional(),
   tiers: z.record(z.string().regex(ID), tierSchema).optional(),
   models: z.record(z.union([z.literal('*'), z.string().regex(MODEL_ID)]), modelSchema).optional(),
   keys: z.array(keySchema).optional(),
@@ -277,6 +296,7 @@ export function parseInferencePolicy(
   }
 
   const leaseMs = p.lease ?? DEFAULT_LEASE_MS;
+  const concurrencyRetryAfterMs = p.concurrency_retry_after ?? DEFAULT_CONCURRENCY_RETRY_AFTER_MS;
   const models = new Map<string, Model>();
   for (const [id, m] of Object.entries(p.models ?? {})) {
     const limits = new Map<string, ModelLimits>();
@@ -299,7 +319,16 @@ export function parseInferencePolicy(
           outputMicrosPerMillion: usdToMicros(m.price.output_per_million_usd),
         })
       : undefined;
-    models.set(id, Object.freeze({ id, price, leaseMs: m?.lease ?? leaseMs, limits }));
+    models.set(
+      id,
+      Object.freeze({
+        id,
+        price,
+        leaseMs: m?.lease ?? leaseMs,
+        concurrencyRetryAfterMs: m?.concurrency_retry_after ?? concurrencyRetryAfterMs,
+        limits,
+      }),
+    );
   }
 
   const keysById = new Map<string, KeyRecord>();
@@ -341,6 +370,7 @@ export function parseInferencePolicy(
     timezone: p.timezone,
     defaultTier,
     leaseMs,
+    concurrencyRetryAfterMs,
     tiers,
     models,
     keysById,

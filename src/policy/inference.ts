@@ -196,6 +196,8 @@ export interface OpMeta {
   cost: number;
   /** Tracked but not limited (the key's lease slot when the tier sets no concurrency). */
   unlimited?: boolean;
+  /** Concurrency: the Retry-After the policy advises, before the cap by the oldest lease's expiry. */
+  retryAfterMs?: number;
 }
 
 export interface Admission {
@@ -249,6 +251,7 @@ export function planAdmission(
   const model = req.model === undefined ? undefined : policyModel(policy, req.model);
   const ml = modelLimits(model, tier.name);
   const leaseMs = model?.leaseMs ?? policy.leaseMs;
+  const retryAfterMs = model?.concurrencyRetryAfterMs ?? policy.concurrencyRetryAfterMs;
   const ops: Op[] = [];
   const meta: OpMeta[] = [];
   const a = p.account;
@@ -287,6 +290,7 @@ export function planAdmission(
     limit: tier.concurrent ?? UNLIMITED_SLOTS,
     windowMs: leaseMs,
     cost: 1,
+    retryAfterMs,
     ...(tier.concurrent === undefined ? { unlimited: true } : {}),
   });
   if (req.model !== undefined && ml?.concurrent !== undefined) {
@@ -297,6 +301,7 @@ export function planAdmission(
       limit: ml.concurrent,
       windowMs: leaseMs,
       cost: 1,
+      retryAfterMs,
     });
   }
 
@@ -375,6 +380,8 @@ export interface Outcome {
   code?: DenyCode;
   /** The op that denied (store denials), for events and logs. */
   deniedMeta?: OpMeta;
+  /** Store denials: the Retry-After in ms (-1: the request can never fit). */
+  retryMs?: number;
   statuses: StatusOut[];
   responseHeaders: [string, string][];
   requestHeaders: [string, string][];
@@ -497,6 +504,16 @@ const locate = (adm: Admission, result: DecisionResult) => {
   return { located, windowOps };
 };
 
+/**
+ * The denied op with its state's retryMs as the Retry-After to send. Concurrency has no true time
+ * until admission (a slot frees when some request ends): the policy's advice, capped by the time
+ * until the oldest lease expires, which does free a slot.
+ */
+const advised = (l: Located): Located =>
+  l.meta.retryAfterMs !== undefined && l.state.retryMs > 0
+    ? { meta: l.meta, state: { ...l.state, retryMs: Math.min(l.meta.retryAfterMs, l.state.retryMs) } }
+    : l;
+
 /** X-RateLimit-* and the per-metric x-ratelimit-* headers of the binding limits (contract §4). */
 function rateHeaders(windowOps: Located[], now: number): [string, string][] {
   const headers: [string, string][] = [];
@@ -538,7 +555,8 @@ export function renderAdmission(
   generatedId: boolean,
 ): Outcome {
   const { located, windowOps } = locate(adm, result);
-  const denied = result.admitted ? undefined : located[result.denied];
+  const stored = result.admitted ? undefined : located[result.denied];
+  const denied = stored && advised(stored);
   const now = result.nowMs;
   const headers = rateHeaders(windowOps, now);
 
@@ -560,7 +578,7 @@ export function renderAdmission(
   });
 
   const requestHeaders: [string, string][] = generatedId ? [['x-ratelimit-request-id', adm.requestId]] : [];
-  if (!denied) return { admitted: true, statuses, responseHeaders: headers, requestHeaders };
+  if (!stored || !denied) return { admitted: true, statuses, responseHeaders: headers, requestHeaders };
 
   const code = CODE_OF[denied.meta.metric];
   const retryS = denied.state.retryMs >= 0 ? Math.max(1, secs(denied.state.retryMs)) : undefined;
@@ -571,7 +589,11 @@ export function renderAdmission(
   details['metric'] = denied.meta.metric;
   details['scope'] = denied.meta.scope;
   details['window_seconds'] = secs(denied.meta.windowMs);
-  details['reset'] = secs(now + denied.state.resetMs);
+  // Concurrency: when the oldest slot's lease expires, the latest a slot frees (the upper bound).
+  details['reset'] =
+    denied.meta.metric === 'concurrency' && stored.state.retryMs > 0
+      ? secs(now + stored.state.retryMs)
+      : secs(now + denied.state.resetMs);
   const body = JSON.stringify({
     error: { type: errorType(code), message: message(denied, adm.model, retryS), code, details },
   });
@@ -579,6 +601,7 @@ export function renderAdmission(
     admitted: false,
     code,
     deniedMeta: denied.meta,
+    retryMs: denied.state.retryMs,
     statuses,
     responseHeaders: headers,
     requestHeaders,

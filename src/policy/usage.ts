@@ -70,6 +70,7 @@ export function modelFor(policy: InferencePolicy, model: string, field: string):
 export const unpricedModel = (policy: InferencePolicy, model: string): Model => ({
   id: model,
   leaseMs: policy.leaseMs,
+  concurrencyRetryAfterMs: policy.concurrencyRetryAfterMs,
   limits: new Map(),
 });
 

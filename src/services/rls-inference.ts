@@ -152,10 +152,9 @@ const emit = (
       admitted: o.admitted,
       ...(o.code !== undefined ? { code: o.code } : {}),
       ...(o.deniedMeta ? { denied: { metric: o.deniedMeta.metric, scope: o.deniedMeta.scope } } : {}),
-      // A limit's Retry-After; a policy denial (deniedMeta absent) has none.
-      ...(o.deniedMeta && result && result.denied >= 0
-        ? { retryMs: result.states[result.denied]!.retryMs }
-        : {}),
+      // A limit's Retry-After as sent (the retry-storm signal compares retries with it); a policy
+      // denial has none.
+      ...(o.retryMs !== undefined ? { retryMs: o.retryMs } : {}),
       limits,
       ...(held ? { held } : {}),
     });

@@ -27,6 +27,7 @@ describe('inference policy schema', () => {
     expect(p.unknownKeys).toBe('allow');
     expect(p.timezone).toBe('UTC');
     expect(p.leaseMs).toBe(600_000);
+    expect(p.concurrencyRetryAfterMs).toBe(1_000);
     expect(p.defaultTier).toBe('default');
     expect(p.tiers.get('default')).toMatchObject({
       requests: { limit: 60, window: 'minute', windowMs: 60_000 },
@@ -81,6 +82,30 @@ models:
     expect(m.limits.get('free')).toMatchObject({ tokensIn: { limit: 1000 }, tokensOut: undefined });
     expect(m.limits.get('*')?.requests).toMatchObject({ limit: 3, windowMs: 1000 });
     expect(p.models.get('*')?.leaseMs).toBe(90_000);
+  });
+
+  it('concurrency_retry_after: top level (default 1s), per-model override, else inherited', () => {
+    const p = policyFrom(`${HEAD}
+concurrency_retry_after: 5s
+models:
+  slow: { concurrency_retry_after: 30 }
+  fast: {}
+`);
+    expect(p.concurrencyRetryAfterMs).toBe(5_000);
+    expect(p.models.get('slow')?.concurrencyRetryAfterMs).toBe(30_000);
+    expect(p.models.get('fast')?.concurrencyRetryAfterMs).toBe(5_000);
+    expect(policyFrom(`${HEAD}models: { m: {} }\n`).models.get('m')?.concurrencyRetryAfterMs).toBe(1_000);
+    expect(issueOf(`${HEAD}concurrency_retry_after: 0s\n`)).toMatchObject({
+      line: 2,
+      field: 'concurrency_retry_after',
+    });
+    expect(issueOf(`${HEAD}concurrency_retry_after: soon\n`)).toMatchObject({
+      field: 'concurrency_retry_after',
+    });
+    expect(issueOf(`${HEAD}models:\n  m: { concurrency_retry_after: -1 }\n`)).toMatchObject({
+      line: 3,
+      field: 'models.m.concurrency_retry_after',
+    });
   });
 
   it('static keys: sha256 hashes, raw keys from the environment hashed with the pepper, caps in micro-dollars', () => {

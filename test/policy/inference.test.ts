@@ -268,9 +268,12 @@ describe.each(STORES)('inference domain on %s', (kind) => {
       'window_seconds',
       'reset',
     ]);
-    // The oldest slot (taken at T0+1s, lease 60 s) frees at T0+61s: now is T0+6s.
-    expect(h['Retry-After']).toBe('55');
-    expect(res.statuses[0]!.durationUntilReset?.seconds).toBe(55n);
+    // No true time until a slot frees: the policy's advice (default 1 s), not the 55 s until the
+    // oldest slot's lease (taken at T0+1s, lease 60 s) expires; that is details.reset, the upper bound.
+    expect(h['Retry-After']).toBe('1');
+    expect(res.statuses[0]!.durationUntilReset?.seconds).toBe(1n);
+    expect(b.error.details['reset']).toBe(T0 / 1000 + 61);
+    expect(env.decisions.at(-1)).toMatchObject({ admitted: false, retryMs: 1000 });
     // A denied request consumed nothing: still 5 requests counted.
     expect(await used(K.keyRequests('acme', 'k:k1', 60_000))).toBe(5);
 
@@ -280,6 +283,45 @@ describe.each(STORES)('inference domain on %s', (kind) => {
     expect(env.expiries.reduce((s, e) => s + e.count, 0)).toBe(1);
     expect(env.expiries[0]).toMatchObject({ keyRef: 'k:k1', account: 'acme' });
     expect(await used(K.keyExpired('acme', 'k:k1'), 3_600_000)).toBe(1);
+  });
+
+  it('concurrency Retry-After: the policy setting, per-model override, capped by the oldest lease expiry', async () => {
+    env.setPolicy(
+      `${POLICY.replace('  m-a:\n', '  m-a:\n    concurrency_retry_after: 2m\n')}concurrency_retry_after: 20s\n`,
+    );
+    for (let i = 0; i < 5; i++) {
+      env.clock.t += 1000;
+      expect((await decide({ key: 'k1', request_id: `c${i}` })).overallCode).toBe(OK);
+    }
+    // T0+5s: the oldest lease ends at T0+61s, beyond the 20 s advice.
+    let res = await decide({ key: 'k1', request_id: 'c5' });
+    expect(headers(res)['Retry-After']).toBe('20');
+    expect(res.statuses[0]!.durationUntilReset?.seconds).toBe(20n);
+    expect(body(res).error.details).toMatchObject({ window_seconds: 60, reset: T0 / 1000 + 61 });
+    expect(env.decisions.at(-1)).toMatchObject({ admitted: false, retryMs: 20_000 });
+    // T0+50.5s: the oldest lease frees a slot in 10.5 s, sooner than the advice.
+    env.clock.t = T0 + 50_500;
+    res = await decide({ key: 'k1', request_id: 'c6' });
+    expect(headers(res)['Retry-After']).toBe('11');
+    expect(res.statuses[0]!.durationUntilReset?.seconds).toBe(10n);
+    expect(res.statuses[0]!.durationUntilReset?.nanos).toBe(500_000_000);
+    expect(env.decisions.at(-1)).toMatchObject({ retryMs: 10_500 });
+
+    // Account × model slots of m-a (free: 3) take the model's 2 m, capped at the oldest lease (60 s).
+    for (let i = 0; i < 3; i++) {
+      expect((await decide({ key: 'k2', model: 'm-a', request_id: `m${i}` })).overallCode).toBe(OK);
+    }
+    env.clock.t += 1000;
+    res = await decide({ key: 'k2', model: 'm-a', request_id: 'm3' });
+    expect(headers(res)['x-ratelimit-denied']).toBe('CONCURRENT_LIMIT_EXCEEDED');
+    expect(body(res).error.details).toMatchObject({ scope: 'account_model', active: 3 });
+    expect(headers(res)['Retry-After']).toBe('59');
+    // Windows keep their true Retry-After.
+    env.setPolicy(POLICY);
+    for (let i = 0; i < 10; i++) await decideDone('globex', { key: 'other' });
+    res = await decide({ key: 'other', request_id: rid() });
+    expect(headers(res)['x-ratelimit-denied']).toBe('RATE_LIMIT_EXCEEDED');
+    expect(Number(headers(res)['Retry-After'])).toBeGreaterThan(50);
   });
 
   it("decision events carry the key's held slots: the oldest's age and how many are held long", async () => {

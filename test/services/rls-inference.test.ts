@@ -60,7 +60,8 @@ describe('inference domain over real sockets', () => {
     expect(denied.overallCode).toBe(OVER_LIMIT);
     expect(denied.statuses.map((s) => s.code)).toEqual([OVER_LIMIT, OK]);
     expect(hdr(denied)['x-ratelimit-denied']).toBe('CONCURRENT_LIMIT_EXCEEDED');
-    expect(hdr(denied)['Retry-After']).toBe('60');
+    // The policy's concurrency advice (default 1 s); details.reset is when the oldest lease ends.
+    expect(hdr(denied)['Retry-After']).toBe('1');
     expect(json(denied)).toEqual({
       error: {
         type: 'rate_limit_error',
