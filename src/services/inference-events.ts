@@ -41,6 +41,7 @@ export interface AdmissionEvent extends KeyIdentity {
 
 export interface DebitEvent extends KeyIdentity {
   atMs: number;
+  /** '' for a stream-done debit without a model entry. */
   model: string;
   requestId: string;
   tokensIn: number;

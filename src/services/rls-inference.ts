@@ -13,7 +13,7 @@ import {
   RateLimitResponseSchema,
 } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import type { InferencePolicy } from '../config/inference.js';
-import { invalid, RkError } from '../errors.js';
+import { RkError } from '../errors.js';
 import { type Principal, resolveKey } from '../keys/resolve.js';
 import { registry } from '../metrics.js';
 import {
@@ -52,7 +52,7 @@ export const leaseExpiries = new Counter({
 
 export const unpricedDebits = new Counter({
   name: 'ratekeeper_unpriced_debits_total',
-  help: 'Stream-done debits for a model with no policy entry and no "*" entry: tokens counted, no spend added, slot freed.',
+  help: 'Stream-done debits without a model entry, or for a model with no policy entry and no "*" entry: tokens counted, no spend added, slot freed.',
   registers: [registry],
 });
 
@@ -165,24 +165,26 @@ const emit = (
 
 /**
  * Envoy's apply_on_stream_done descriptors: a debit that always answers OK. Unlike Debit it cannot
- * refuse a model the policy cannot price: Envoy sends no Release, so the slot would stay held for
- * the whole lease. Such a debit settles the key's limits at no spend, and is logged and counted.
+ * refuse a debit it cannot price (no model entry: the request came without x-model; or a model the
+ * policy does not know): Envoy sends no Release, so the slot would stay held for the whole lease.
+ * Such a debit settles the key's limits at no spend, and is logged and counted.
  */
 async function streamDone(deps: Deps, policy: InferencePolicy, parsed: ParsedInference): Promise<Outcome> {
   const llm = parsed.llm!;
   const usage = parsed.usage!;
-  if (llm.model === undefined)
-    throw invalid(llm.at.usage!, 'a usage descriptor needs a model entry to be priced');
   const p = resolveKey(llm.key, policy, deps.keys, hintsOf(llm, policy));
   const kinds = Object.keys(usage).sort().join(',');
-  const priced = policyModel(policy, llm.model);
+  // Without a model entry the request was admitted with the key's limits alone (no `*` entry
+  // applies to it), so only those are settled; '' names no model in the debit event.
+  const modelId = llm.model ?? '';
+  const priced = llm.model === undefined ? undefined : policyModel(policy, llm.model);
   const requestId = llm.requestId ?? anonymousRequestId();
   const out = await debit(
     deps,
     policy,
     p,
-    llm.model,
-    priced ?? unpricedModel(policy, llm.model),
+    modelId,
+    priced ?? unpricedModel(policy, modelId),
     {
       ...(usage.tokens_in !== undefined ? { tokensIn: usage.tokens_in } : {}),
       ...(usage.tokens_out !== undefined ? { tokensOut: usage.tokens_out } : {}),
@@ -200,10 +202,16 @@ async function streamDone(deps: Deps, policy: InferencePolicy, parsed: ParsedInf
   );
   if (!priced && !out.duplicate) {
     unpricedDebits.inc();
-    deps.log.warn(
-      { key: p.ref, account: p.account, model: llm.model.slice(0, 64), requestId },
-      'stream-done debit for a model the policy does not price: tokens counted, no spend',
-    );
+    if (llm.model === undefined)
+      deps.log.warn(
+        { key: p.ref, account: p.account, requestId },
+        'stream-done debit without a model entry: tokens counted, no spend',
+      );
+    else
+      deps.log.warn(
+        { key: p.ref, account: p.account, model: llm.model.slice(0, 64), requestId },
+        'stream-done debit for a model the policy does not price: tokens counted, no spend',
+      );
   }
   return allOk(parsed.scopes.length);
 }

@@ -368,6 +368,55 @@ describe.each(STORES)('UsageService on %s', (kind) => {
     expect(await counter(K.monthlyTokens('acme', 'k:k1', month))).toBe(250);
   });
 
+  it('stream-done without a model entry (no x-model) settles the key at no spend and frees the slot', async () => {
+    const before = await metricValue('ratekeeper_unpriced_debits_total', {});
+    const done = (id: string, key = 'k1') =>
+      decideInference(
+        rlsRequest([
+          { entries: { key, request_id: id, usage: 'tokens_in' }, hitsAddend: 30 },
+          { entries: { key, request_id: id, usage: 'tokens_out' }, hitsAddend: 20 },
+        ]),
+        env.deps,
+      );
+    // [key, request_id] admissions take a key slot (free: 5 concurrent, 10/min); each debit must
+    // free it, so more than the limit get in one after another.
+    for (let i = 0; i < 7; i++) {
+      const id = `nm${i}`;
+      expect((await decide({ key: 'k1', tokens: 100, request_id: id })).overallCode).toBe(OK);
+      const res = await done(id);
+      expect(res.overallCode).toBe(OK);
+      expect(res.statuses.map((s) => s.code)).toEqual([OK, OK]);
+    }
+    // Each reservation of 100 settled to 50 actual; counted in monthly tokens; no spend.
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(7 * 50);
+    expect(await counter(K.monthlyTokens('acme', 'k:k1', month))).toBe(350);
+    expect(await counter(K.monthlySpend('acme', 'k:k1', month))).toBe(0);
+    expect(await counter(K.dailySpend('acme', 'k:k1', periodsAt(T0, 'UTC').day))).toBe(0);
+    expect(env.debits.at(-1)).toMatchObject({ model: '', spendMicros: 0, reserved: true, tokens: 50 });
+    // Envoy retrying a call counts it once, and it is not counted as unpriced again.
+    await done('nm3');
+    await done('nm6');
+    expect(await used(K.keyTokens('acme', 'k:k1', 60_000))).toBe(7 * 50);
+    expect(await counter(K.monthlyTokens('acme', 'k:k1', month))).toBe(350);
+    expect(await metricValue('ratekeeper_unpriced_debits_total', {})).toBe(before + 7);
+    const warnings = env.logs.filter((l) => l.includes('without a model entry'));
+    expect(warnings).toHaveLength(7);
+    const w = JSON.parse(warnings[0]!) as Record<string, unknown>;
+    expect(w).toMatchObject({ level: 40, key: 'k:k1', account: 'acme', requestId: 'nm0' });
+    expect(w).not.toHaveProperty('model');
+    // A raw key is logged by its hash reference only.
+    const raw = 'sk-no-model-raw-SECRET-9';
+    await decide({ key: raw, tokens: 10, request_id: 'nm-raw' });
+    expect((await done('nm-raw', raw)).overallCode).toBe(OK);
+    expect(env.logs.filter((l) => l.includes('without a model entry'))).toHaveLength(8);
+    expect(env.logs.join('\n')).not.toContain(raw);
+    // UsageService.Debit stays strict: an empty model is refused there.
+    const e = await err(debit({ requestId: 'nm0', key: 'k1', model: '', tokensIn: 1 }));
+    expect(e.code).toBe('INVALID_ARGUMENT');
+    expect(e.field).toBe('model');
+    expect(await counter(K.monthlyTokens('acme', 'k:k1', month))).toBe(350);
+  });
+
   it('raw keys in Debit and Release never reach store keys, logs or events', async () => {
     const raw = 'sk-usage-raw-SECRET-77';
     env.deps.log.level = 'trace';
@@ -403,7 +452,6 @@ describe.each(STORES)('UsageService on %s', (kind) => {
     expect((await sd({ key: 'k1', model: 'm-a', usage: 'watts' }, 3)).field).toBe(
       'descriptors[0].entries[2].value',
     );
-    expect((await sd({ key: 'k1', usage: 'tokens' }, 3)).field).toBe('descriptors[0].entries[1].value');
     expect(await env.storeKeys()).toEqual([]);
     expect(env.debits).toHaveLength(0);
   });
