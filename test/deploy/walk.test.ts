@@ -192,6 +192,41 @@ describe.each([
       expect((await walk.request(h('r3'))).response.overallCode).toBe(RateLimitResponse_Code.OK);
     });
 
+    it('a request without x-model is admitted, and its stream-done debit frees the key slot', async () => {
+      const h = (id: string): Headers => ({ authorization: 'Bearer sk-no-model', 'x-request-id': id });
+      const usage = { 'x-usage-tokens-in': '10', 'x-usage-tokens-out': '5' };
+      // Free tier: 5 concurrent per key. Each request is done before the next starts, so all 6 get
+      // in only if every stream-done call reaches Ratekeeper and frees its slot.
+      for (let i = 0; i < 6; i++) {
+        const step = await walk.request(h(`nm-${i}`));
+        expect(step.descriptors.map((d) => d.entries.map((e) => e.key))).toEqual([['key', 'request_id']]);
+        expect(step.response.overallCode, `request ${i}`).toBe(RateLimitResponse_Code.OK);
+        const done = await walk.streamDone(h(`nm-${i}`), usage);
+        expect(done.descriptors).toEqual(
+          ['tokens_in', 'tokens_out'].map((kind, j) => ({
+            entries: [
+              { key: 'key', value: 'sk-no-model' },
+              { key: 'request_id', value: `nm-${i}` },
+              { key: 'usage', value: kind },
+            ],
+            hitsAddend: [10, 5][j],
+          })),
+        );
+        expect(done.response.overallCode).toBe(RateLimitResponse_Code.OK);
+      }
+      // Envoy retrying a stream-done call counts it once: 6 × 15 tokens in the key's window.
+      await walk.streamDone(h('nm-5'), usage);
+      // The key's slots are real: 5 requests left running hold them all, the sixth is refused.
+      for (let i = 0; i < 5; i++) {
+        const held = await walk.request(h(`nm-held-${i}`));
+        expect(held.response.overallCode).toBe(RateLimitResponse_Code.OK);
+        if (i === 0)
+          expect(headerMap(held.response)['x-ratelimit-remaining-tokens']).toBe(String(40_000 - 6 * 15));
+      }
+      const refused = await walk.request(h('nm-held-5'));
+      expect(asReply(refused.reply).headers['x-ratelimit-denied']).toBe('CONCURRENT_LIMIT_EXCEEDED');
+    });
+
     it('the stream-done debit counts once per request id, however often it arrives', async () => {
       const h: Headers = {
         'x-api-key': 'sk-once',
@@ -302,12 +337,16 @@ describe('what the Lua filter and the descriptors do with other requests', () =>
 
   it('Istio builds the same descriptors as Envoy, at request time and at stream done', async () => {
     const istio = istioParts();
-    const h = { ...(await runLuaOnRequest(lua, headersA)), 'x-tier': 'pro', 'x-account': 'acme' };
+    const { 'x-model': _, ...noModel } = headersA;
     const md = { ratekeeper: { tokens_in: 5, tokens_out: 7 } };
-    for (const done of [false, true]) {
-      expect(buildDescriptors(istio.rateLimits, h, done, md)).toEqual(
-        buildDescriptors(envoy.rateLimits, h, done, md),
-      );
+    for (const client of [headersA, noModel]) {
+      const h = { ...(await runLuaOnRequest(lua, client)), 'x-tier': 'pro', 'x-account': 'acme' };
+      for (const done of [false, true]) {
+        const built = buildDescriptors(envoy.rateLimits, h, done, md);
+        // Stream done always sends its usage descriptors, with or without x-model.
+        if (done) expect(built).toHaveLength(2);
+        expect(buildDescriptors(istio.rateLimits, h, done, md)).toEqual(built);
+      }
     }
   });
 
@@ -362,7 +401,7 @@ describe('whatever a client sends, Ratekeeper answers the call Envoy makes (a re
     await srv?.stop();
   });
 
-  it('any printable values in the headers the descriptors read give a decision, never INVALID_ARGUMENT', async () => {
+  it('any printable values in the headers the descriptors read give a decision and a settled debit, never INVALID_ARGUMENT', async () => {
     const text = fc.string({ unit: fc.constantFrom(...'0123456789 -abcXYZ.:/_'.split('')), maxLength: 12 });
     const value = fc.oneof(
       text,
@@ -381,6 +420,10 @@ describe('whatever a client sends, Ratekeeper answers the call Envoy makes (a re
         expect([RateLimitResponse_Code.OK, RateLimitResponse_Code.OVER_LIMIT]).toContain(
           step.response.overallCode,
         );
+        // The stream-done debit is sent from the same headers (with or without x-model) and settles.
+        const done = await walk.streamDone(headers, { 'x-usage-tokens-in': '3', 'x-usage-tokens-out': '4' });
+        expect(done.descriptors).toHaveLength(2);
+        expect(done.response.overallCode).toBe(RateLimitResponse_Code.OK);
       }),
       { numRuns: 100 },
     );
