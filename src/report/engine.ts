@@ -58,6 +58,8 @@ export interface SharedCounter {
 }
 
 const DAY_MS = 86_400_000;
+/** Shared-counter updates of one flush in flight at once. */
+const SHARED_BATCH = 64;
 
 /**
  * Turns inference events into flags, threshold-crossing alerts and TopKeys totals.
@@ -76,6 +78,8 @@ export class SignalEngine {
   private readonly totals = new Map<number, Map<string, Totals>>();
   private readonly pending = new Set<Promise<unknown>>();
   private timer: NodeJS.Timeout | undefined;
+  /** A timed flush is still writing. */
+  private flushing = false;
 
   constructor(
     private readonly store: ReportStore,
@@ -105,7 +109,16 @@ export class SignalEngine {
   /** Flushes totals every intervalMs until stop(). */
   start(intervalMs = 5_000): void {
     this.stop();
-    this.timer = setInterval(() => this.track(this.flush()), intervalMs);
+    this.timer = setInterval(() => {
+      // A slow Redis never piles flushes up: totals keep gathering and go with the next one.
+      if (this.flushing) return;
+      this.flushing = true;
+      this.track(
+        this.flush().finally(() => {
+          this.flushing = false;
+        }),
+      );
+    }, intervalMs);
     this.timer.unref();
   }
 
@@ -137,19 +150,27 @@ export class SignalEngine {
   private async flushShared(counter: SharedCounter): Promise<void> {
     const cfg = this.settings();
     const windowMs = cfg.retryStorm.windowMs;
-    const writes: Promise<void>[] = [];
+    const due: [key: string, s: KeyState, ref: string, n: number][] = [];
     for (const [key, s] of this.keys) {
       if (s.pendingEarly === 0 || s.ref === undefined) continue;
-      const n = s.pendingEarly;
+      due.push([key, s, s.ref, s.pendingEarly]);
       s.pendingEarly = 0;
-      writes.push(
-        counter.addEarlyRetries(s.account, s.ref, windowMs, n).then(({ count, nowMs }) => {
-          s.shared.earlyRetries = { count, windowMs, atMs: nowMs };
-          this.evaluate(s, key, s.account, nowMs, cfg);
-        }),
-      );
     }
-    await Promise.all(writes);
+    // These are limiter-store decisions, on the limiter's own connection: a few at a time, so a
+    // retry storm over thousands of keys never queues the hot path's decisions behind them.
+    let failure: unknown;
+    for (let i = 0; i < due.length; i += SHARED_BATCH) {
+      const results = await Promise.allSettled(
+        due.slice(i, i + SHARED_BATCH).map(([key, s, ref, n]) =>
+          counter.addEarlyRetries(s.account, ref, windowMs, n).then(({ count, nowMs }) => {
+            s.shared.earlyRetries = { count, windowMs, atMs: nowMs };
+            this.evaluate(s, key, s.account, nowMs, cfg);
+          }),
+        ),
+      );
+      for (const r of results) if (r.status === 'rejected') failure ??= r.reason;
+    }
+    if (failure !== undefined) throw failure;
   }
 
   private track(p: Promise<unknown>): void {

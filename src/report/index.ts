@@ -19,7 +19,10 @@ export interface ReportRuntime {
 }
 
 export interface ReportOptions {
-  /** The limiter store's Redis client; absent: state is kept in this process. */
+  /**
+   * The limiter store's Redis client, only duplicated: the report store runs on its own connections
+   * (closed by close()), so its batch writes never delay a decision. Absent: state is kept in this process.
+   */
   redis?: Redis | Cluster;
   /** The limiter store's key prefix (default `rk:`). */
   namespace?: string;

@@ -1,7 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import type { Cluster, Redis } from 'ioredis';
+import { Cluster, type Redis } from 'ioredis';
+import { Counter } from 'prom-client';
 import { RkError } from '../errors.js';
+import { registry } from '../metrics.js';
 import type { SignalKind } from '../policy/signals.js';
+import { readyWithin } from '../store/factory.js';
 import {
   type Alert,
   FLAG_STATES,
@@ -22,6 +25,24 @@ import {
   topOrder,
   totalOf,
 } from './types.js';
+
+export const totalsDropped = new Counter({
+  name: 'ratekeeper_report_totals_dropped_total',
+  help: 'TopKeys increments (one key, metric and minute) not known to be written: a chunk of a totals flush failed, and the rest of that flush was dropped (not retried).',
+  registers: [registry],
+});
+
+/** Deadline of the report connection's commands: batch writes, not decisions (default). */
+export const REPORT_COMMAND_TIMEOUT_MS = 5_000;
+/** Commands per pipeline of a totals flush (default): no single write holds the connection long. */
+export const TOTALS_CHUNK = 500;
+
+export interface RedisReportOptions {
+  /** Deadline of the report connection's commands (default REPORT_COMMAND_TIMEOUT_MS). */
+  commandTimeoutMs?: number;
+  /** At most this many commands per pipeline of a totals flush (default TOTALS_CHUNK). */
+  chunk?: number;
+}
 
 /*
  * Layout, all under one hash tag so every script runs on one Cluster node (report traffic is small:
@@ -97,8 +118,15 @@ const fromHash = (h: Record<string, string>): FlagRecord => ({
   detail: h['detail'] ?? '',
 });
 
-/** Report state in Redis, shared by every instance using the same Redis and namespace. */
+/**
+ * Report state in Redis, shared by every instance using the same Redis and namespace. It runs on
+ * its own connections, never on the limiter's: a totals flush is thousands of commands, and
+ * decisions queued behind them would miss their deadline and be admitted fail-open.
+ */
 export class RedisReportStore implements ReportStore {
+  private readonly redis: Redis | Cluster;
+  private readonly commandTimeoutMs: number;
+  private readonly chunk: number;
   private readonly base: string;
   private readonly channel: string;
   private readonly listeners = new Set<(alert: Alert) => void>();
@@ -106,25 +134,46 @@ export class RedisReportStore implements ReportStore {
   private subReady: Promise<void> | undefined;
 
   /**
-   * @param redis the limiter store's client (commands only; a duplicate connection is opened for
-   *   pub/sub when the first subscriber comes).
+   * @param client the limiter store's client, only duplicated: one connection like it for commands
+   *   (with a longer deadline), another for pub/sub when the first subscriber comes. close() closes both.
    * @param namespace the limiter store's key prefix, e.g. "rk:".
    * @param onError where pub/sub and parse failures go (they never reach a caller).
    */
   constructor(
-    private readonly redis: Redis | Cluster,
+    private readonly client: Redis | Cluster,
     namespace = 'rk:',
     private readonly onError: (err: unknown) => void = () => {},
+    options: RedisReportOptions = {},
   ) {
+    this.commandTimeoutMs = options.commandTimeoutMs ?? REPORT_COMMAND_TIMEOUT_MS;
+    this.chunk = Math.max(4, options.chunk ?? TOTALS_CHUNK);
+    const commandTimeout = this.commandTimeoutMs;
+    // duplicate() of a Cluster is a new Cluster; of a Sentinel client, a client of the same master.
+    this.redis =
+      client instanceof Cluster
+        ? client.duplicate(undefined, { redisOptions: { ...client.options.redisOptions, commandTimeout } })
+        : client.duplicate({ commandTimeout });
+    // Errors surface per command; without a listener they would be re-thrown.
+    this.redis.on('error', () => {});
     this.base = `${namespace}{report}:`;
     this.channel = `${namespace}report:alerts`;
+  }
+
+  /**
+   * The command connection, once connected (at most one deadline's wait): like the limiter's client
+   * it has no offline queue, and a fresh duplicate is still connecting when the first writes come.
+   */
+  private async conn(): Promise<Redis | Cluster> {
+    if (this.redis.status !== 'ready') await readyWithin(this.redis, this.commandTimeoutMs);
+    return this.redis;
   }
 
   private pair = (key: string, signal: string): string => `${key}|${signal}`;
 
   async raiseFlag(i: FlagInput): Promise<RaiseResult> {
     const pair = this.pair(i.key, i.signal);
-    const [outcome, pairs] = (await this.redis.eval(
+    const redis = await this.conn();
+    const [outcome, pairs] = (await redis.eval(
       RAISE,
       4,
       `${this.base}open:${pair}`,
@@ -146,7 +195,7 @@ export class RedisReportStore implements ReportStore {
   }
 
   async getFlag(id: string): Promise<FlagRecord | undefined> {
-    const h = await this.redis.hgetall(`${this.base}flag:${id}`);
+    const h = await (await this.conn()).hgetall(`${this.base}flag:${id}`);
     return h['id'] ? fromHash(h) : undefined;
   }
 
@@ -154,10 +203,11 @@ export class RedisReportStore implements ReportStore {
     let max = pageToken ? `(${seqOfToken(pageToken)}` : '+inf';
     const flags: FlagRecord[] = [];
     const batch = Math.max(pageSize + 1, 100);
+    const redis = await this.conn();
     for (;;) {
-      const ids = await this.redis.zrevrangebyscore(`${this.base}flags`, max, '-inf', 'LIMIT', 0, batch);
+      const ids = await redis.zrevrangebyscore(`${this.base}flags`, max, '-inf', 'LIMIT', 0, batch);
       if (ids.length === 0) return { flags, nextPageToken: '' };
-      const p = this.redis.pipeline();
+      const p = redis.pipeline();
       for (const id of ids) p.hgetall(`${this.base}flag:${id}`);
       const rows = (await p.exec()) ?? [];
       for (const [err, h] of rows) {
@@ -181,26 +231,23 @@ export class RedisReportStore implements ReportStore {
     reviewer: string,
     atMs: number,
   ): Promise<FlagRecord> {
-    const pairs = (await this.redis.eval(
-      REVIEW,
-      1,
-      `${this.base}flag:${id}`,
-      this.base,
-      state,
-      note,
-      reviewer,
-      String(atMs),
-    )) as string[] | null;
+    const pairs = (await (
+      await this.conn()
+    ).eval(REVIEW, 1, `${this.base}flag:${id}`, this.base, state, note, reviewer, String(atMs))) as
+      | string[]
+      | null;
     if (!pairs) throw new RkError('NOT_FOUND', `flag ${id} not found`, 'flag_id');
     return toFlag(pairs);
   }
 
   async claimOnce(id: string, ttlMs: number): Promise<boolean> {
-    return (await this.redis.set(`${this.base}once:${id}`, '1', 'PX', Math.max(1, ttlMs), 'NX')) === 'OK';
+    return (
+      (await (await this.conn()).set(`${this.base}once:${id}`, '1', 'PX', Math.max(1, ttlMs), 'NX')) === 'OK'
+    );
   }
 
   async publish(alert: Alert): Promise<void> {
-    await this.redis.publish(this.channel, JSON.stringify(alert));
+    await (await this.conn()).publish(this.channel, JSON.stringify(alert));
   }
 
   subscribe(listener: (alert: Alert) => void): () => void {
@@ -216,7 +263,7 @@ export class RedisReportStore implements ReportStore {
 
   private connectSub(): Promise<void> {
     if (this.subReady) return this.subReady;
-    const sub: Redis | Cluster = (this.redis as Redis).duplicate();
+    const sub: Redis | Cluster = (this.client as Redis).duplicate();
     this.sub = sub;
     sub.on('error', this.onError);
     sub.on('message', (_channel: string, message: string) => {
@@ -253,23 +300,59 @@ export class RedisReportStore implements ReportStore {
     return this.connectSub();
   }
 
+  /**
+   * Writes in pipelines of at most `chunk` commands, each awaited before the next, so even the
+   * report connection never holds one giant pipeline. The first failure ends the flush: its
+   * unwritten increments and the rest are counted in ratekeeper_report_totals_dropped_total and
+   * the error thrown (the engine logs it); nothing is retried.
+   */
   async addTotals(bucketStartMs: number, totals: readonly Totals[]): Promise<void> {
-    if (totals.length === 0) return;
-    const p = this.redis.pipeline();
-    const ttl = TOP_RETENTION_MS + 2 * TOP_BUCKET_MS;
+    // One increment per key, metric and bucket: the engine already sums per key, this keeps any
+    // caller's repeats to one command each.
+    const incs: [zkey: string, member: string, value: number][] = [];
     for (const by of ['requests', 'tokens', 'spend'] as const) {
       const zkey = `${this.base}top:${by}:${bucketStartMs}`;
-      let any = false;
+      const sums = new Map<string, number>();
       for (const t of totals) {
         const v = totalOf(t, by);
         if (v <= 0) continue;
-        p.zincrby(zkey, v, JSON.stringify([t.key, t.account]));
-        any = true;
+        const member = JSON.stringify([t.key, t.account]);
+        sums.set(member, (sums.get(member) ?? 0) + v);
       }
-      if (any) p.pexpire(zkey, ttl);
+      for (const [member, v] of sums) incs.push([zkey, member, v]);
     }
-    const rows = (await p.exec()) ?? [];
-    for (const [err] of rows) if (err) throw err;
+    const ttl = TOP_RETENTION_MS + 2 * TOP_BUCKET_MS;
+    // Room in each chunk for a PEXPIRE of each of the three metrics' sets.
+    const per = this.chunk - 3;
+    for (let i = 0; i < incs.length; i += per) {
+      const part = incs.slice(i, i + per);
+      const p = (await this.conn()).pipeline();
+      const zkeys = new Set<string>();
+      for (const [zkey, member, v] of part) {
+        p.zincrby(zkey, v, member);
+        zkeys.add(zkey);
+      }
+      // Each chunk sets the expiry of the sets it wrote: no set is left without one by a later failure.
+      for (const zkey of zkeys) p.pexpire(zkey, ttl);
+      let failure: unknown;
+      let unwritten = incs.length - i - part.length;
+      try {
+        const rows = (await p.exec()) ?? [];
+        rows.forEach(([err], j) => {
+          if (!err) return;
+          failure ??= err;
+          if (j < part.length) unwritten++;
+        });
+      } catch (err) {
+        failure = err;
+        unwritten += part.length;
+      }
+      if (failure !== undefined) {
+        totalsDropped.inc(unwritten);
+        const why = failure instanceof Error ? failure.message : String(failure);
+        throw new Error(`report totals: ${unwritten} of ${incs.length} increments dropped: ${why}`);
+      }
+    }
   }
 
   async topKeys(by: TopBy, fromMs: number, toMs: number, limit: number): Promise<TopEntry[]> {
@@ -280,7 +363,9 @@ export class RedisReportStore implements ReportStore {
     if (keys.length === 0) return [];
     const tmp = `${this.base}tmp:${randomUUID()}`;
     const rows =
-      (await this.redis
+      (await (
+        await this.conn()
+      )
         .multi()
         .zunionstore(tmp, keys.length, ...keys)
         .zrevrange(tmp, 0, limit * 2 - 1, 'WITHSCORES')
@@ -307,5 +392,6 @@ export class RedisReportStore implements ReportStore {
     this.sub = undefined;
     this.subReady = undefined;
     if (sub) sub.disconnect();
+    this.redis.disconnect();
   }
 }

@@ -1,8 +1,8 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { defaultSignalSettings, type SignalSettings } from '../../src/policy/signals.js';
 import { SignalEngine } from '../../src/report/engine.js';
 import { MemoryReportStore } from '../../src/report/memory.js';
-import type { Alert, ReportStore } from '../../src/report/types.js';
+import type { Alert, ReportStore, Totals } from '../../src/report/types.js';
 import { MemoryStore } from '../../src/store/memory.js';
 
 const M = 60_000;
@@ -245,5 +245,86 @@ describe('signal engine', () => {
       { key: 'busy', account: 'busy', value: 40 },
       { key: 'quiet', account: 'quiet', value: 4 },
     ]);
+  });
+
+  it('starts no timed flush while the previous one is still writing; its totals go with the next', async () => {
+    vi.useFakeTimers();
+    try {
+      const inner = new MemoryReportStore(() => T0);
+      const writes: number[] = [];
+      let release!: () => void;
+      const gate = new Promise<void>((r) => {
+        release = r;
+      });
+      const store: ReportStore = Object.assign(Object.create(inner) as ReportStore, {
+        addTotals: async (start: number, totals: readonly Totals[]) => {
+          writes.push(totals.reduce((n, t) => n + t.requests, 0));
+          await gate;
+          await inner.addTotals(start, totals);
+        },
+      });
+      const engine = new SignalEngine(store, () => defaultSignalSettings, silent);
+      const admit = (key: string) =>
+        engine.record({ kind: 'decision', atMs: T0, key, account: key, admitted: true, retryMs: 0 });
+      engine.start(1_000);
+      admit('a');
+      await vi.advanceTimersByTimeAsync(1_000);
+      expect(writes).toEqual([1]);
+      admit('a');
+      admit('b');
+      await vi.advanceTimersByTimeAsync(5_000);
+      expect(writes).toEqual([1]);
+      release();
+      await vi.advanceTimersByTimeAsync(1_000);
+      expect(writes).toEqual([1, 2]);
+      engine.stop();
+      await engine.idle();
+      expect(await inner.topKeys('requests', T0, T0, 10)).toEqual([
+        { key: 'a', account: 'a', value: 2 },
+        { key: 'b', account: 'b', value: 1 },
+      ]);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('updates shared early-retry counters a few at a time, every key once', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const added = new Map<string, number>();
+    const counter = {
+      async addEarlyRetries(_account: string, ref: string, _windowMs: number, n: number) {
+        most = Math.max(most, ++inFlight);
+        await new Promise((r) => setImmediate(r));
+        inFlight--;
+        added.set(ref, n);
+        return { count: n, nowMs: T0 };
+      },
+    };
+    const engine = new SignalEngine(
+      new MemoryReportStore(() => T0),
+      () => defaultSignalSettings,
+      silent,
+      counter,
+    );
+    const deny = (key: string, atMs: number) =>
+      engine.record({
+        kind: 'decision',
+        atMs,
+        key,
+        account: key,
+        ref: `k:${key}`,
+        admitted: false,
+        retryMs: 1_000,
+      });
+    for (let i = 0; i < 300; i++) {
+      deny(`k${i}`, T0);
+      deny(`k${i}`, T0 + 10);
+    }
+    await engine.flush();
+    expect(added.size).toBe(300);
+    expect(added.get('k:k7')).toBe(1);
+    expect(most).toBeLessThanOrEqual(64);
+    expect(most).toBeGreaterThan(1);
   });
 });
