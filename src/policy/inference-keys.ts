@@ -9,8 +9,32 @@
 export const EXPIRED_WINDOW_MS = 3_600_000;
 
 const enc = encodeURIComponent;
-const tag = (account: string): string => `{a:${enc(account)}}`;
-const key = (account: string, ref: string): string => `${tag(account)}:${enc(ref)}`;
+// One request builds ~8 names of one account and key: the encoded parts are kept from the last call
+// instead of re-encoding a 64-hex hash each time.
+let lastAccount = '';
+let lastTag = '{a:}';
+const tag = (account: string): string => {
+  if (account !== lastAccount) {
+    lastTag = `{a:${enc(account)}}`;
+    lastAccount = account;
+  }
+  return lastTag;
+};
+let lastRef = '';
+let lastRefAccount = '';
+let lastKey = '';
+/** Key names for the key's ref. A key charged to itself (unregistered, no account hint) is named by
+ * the tag alone plus `=`, which no encoded ref contains, instead of repeating its hash. */
+const key = (account: string, ref: string): string => {
+  if (ref !== lastRef || account !== lastRefAccount) {
+    lastKey = account === ref ? `${tag(account)}:=` : `${tag(account)}:${enc(ref)}`;
+    lastRef = ref;
+    lastRefAccount = account;
+  }
+  return lastKey;
+};
+/** Budget counters keep the full name: renaming them would restart monthly and daily budgets. */
+const budgetKey = (account: string, ref: string): string => `${tag(account)}:${enc(ref)}`;
 const am = (account: string, model: string): string => `${tag(account)}:m:${enc(model)}`;
 
 export const inferenceKeys = {
@@ -21,9 +45,9 @@ export const inferenceKeys = {
   /** Denied calls that came before Retry-After (report's retry-storm signal), counted by every instance. */
   keyEarlyRetries: (account: string, ref: string, windowMs: number) =>
     `${key(account, ref)}:early:${windowMs}`,
-  monthlyTokens: (account: string, ref: string, month: string) => `${key(account, ref)}:mtok:${month}`,
-  monthlySpend: (account: string, ref: string, month: string) => `${key(account, ref)}:mspend:${month}`,
-  dailySpend: (account: string, ref: string, day: string) => `${key(account, ref)}:dspend:${day}`,
+  monthlyTokens: (account: string, ref: string, month: string) => `${budgetKey(account, ref)}:mtok:${month}`,
+  monthlySpend: (account: string, ref: string, month: string) => `${budgetKey(account, ref)}:mspend:${month}`,
+  dailySpend: (account: string, ref: string, day: string) => `${budgetKey(account, ref)}:dspend:${day}`,
   modelRequests: (account: string, model: string, windowMs: number) =>
     `${am(account, model)}:req:${windowMs}`,
   modelTokensIn: (account: string, model: string, windowMs: number) => `${am(account, model)}:in:${windowMs}`,
