@@ -108,7 +108,7 @@ end
 if not dry then
   local res = nil
   if rid ~= '' and (admitted or not atomic) then
-    res = { 'r', rid, 't', now, 'x', now + rttl }
+    res = { r = rid, t = now, x = now + rttl }
   end
   for i = 1, nops do
     local apply
@@ -123,8 +123,7 @@ if not dry then
           S[i], O[i], N[i] = wadd(key[i], bidx(now, p1[i]), p2[i], S[i], O[i], N[i], p1[i], now, C[i])
         end
         if res and not norec[i] then
-          res[#res + 1] = 'w:' .. key[i]
-          res[#res + 1] = p2[i]
+          res['w:' .. key[i]] = p2[i]
         end
       elseif kind[i] == 's' then
         -- ZADD answers 1 for a new slot, 0 for a renewed lease.
@@ -140,17 +139,13 @@ if not dry then
           redis.call('PEXPIRE', hkey[i], 3 * p1[i])
         end
         if res then
-          res[#res + 1] = 's:' .. key[i]
-          res[#res + 1] = 1
+          res['s:' .. key[i]] = 1
         end
       end
     end
   end
   if res then
-    local rkey = KEYS[ki]
-    redis.call('DEL', rkey)
-    redis.call('HSET', rkey, unpack(res))
-    redis.call('PEXPIRE', rkey, rttl)
+    redis.call('SET', KEYS[ki], cmsgpack.pack(res), 'PX', rttl)
   end
 end
 
@@ -219,8 +214,11 @@ for i = 1, nops do
       end
     end
     local long = -1
-    if lh[i] >= 0 then
-      local cut = now - lh[i]
+    local cut = now - lh[i]
+    -- None held that long when the oldest held slot is younger.
+    if lh[i] >= 0 and oldest > cut then
+      long = 0
+    elseif lh[i] >= 0 then
       long = redis.call('ZCOUNT', hkey[i], '-inf', cut)
       if sk then
         for _, r in ipairs(sk) do

@@ -143,16 +143,15 @@ local function zrem_all(key, members)
   end
 end
 
--- A reservation as a table, or nil when absent or past its expiry (x) on this clock.
+-- A reservation is one string, a MessagePack map (one SET PX writes it): r = request id, t = admission
+-- time, x = expiry, w:<window key> = amount reserved, s:<slot set> = 1, f = slots freed.
+-- As a table, or nil when absent or past its expiry (x) on this clock.
 local function reservation(key, now)
-  local flat = redis.call('HGETALL', key)
-  if #flat == 0 then
+  local packed = redis.call('GET', key)
+  if not packed then
     return nil
   end
-  local res = {}
-  for k = 1, #flat, 2 do
-    res[flat[k]] = flat[k + 1]
-  end
+  local res = cmsgpack.unpack(packed)
   if tonumber(res['x']) <= now then
     redis.call('DEL', key)
     return nil
@@ -187,6 +186,7 @@ local function free(key, res)
   if settled(res) then
     redis.call('DEL', key)
   else
-    redis.call('HSET', key, 'f', '1')
+    res['f'] = 1
+    redis.call('SET', key, cmsgpack.pack(res), 'KEEPTTL')
   end
 end

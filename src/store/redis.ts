@@ -34,6 +34,12 @@ const SCRIPTS = { decide: load('decide'), settle: load('settle'), release: load(
 /** A slot set's companion ZSET of admission times (lib.lua's HELD). */
 const HELD_SUFFIX = ':held';
 
+/** ioredis's EVAL/EVALSHA as called: its typings want spread arguments, it flattens arrays itself. */
+interface Flattening {
+  evalsha(sha: string, numKeys: number, keys: string[], args: (string | number)[]): Promise<unknown>;
+  eval(lua: string, numKeys: number, keys: string[], args: (string | number)[]): Promise<unknown>;
+}
+
 /** Lua has no Infinity on the wire; an unlimited value is the largest exact integer. */
 const num = (x: number): number => (Number.isFinite(x) ? x : Number.MAX_SAFE_INTEGER);
 
@@ -259,11 +265,12 @@ export class RedisStore implements LimiterStore {
     try {
       let reply: unknown;
       try {
-        reply = await this.client.evalsha(script.sha, keys.length, ...keys, ...args);
+        // ioredis flattens array arguments: no spread copies of keys and args.
+        reply = await (this.client as unknown as Flattening).evalsha(script.sha, keys.length, keys, args);
       } catch (err) {
         // Flushed, restarted or failed-over node: EVAL runs the script and caches it there again.
         if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
-        reply = await this.client.eval(script.lua, keys.length, ...keys, ...args);
+        reply = await (this.client as unknown as Flattening).eval(script.lua, keys.length, keys, args);
       }
       this.failing = false;
       return reply as number[];

@@ -14,8 +14,8 @@ local reserved = res ~= nil
 res = res or {}
 
 local out = { dup and 1 or 0, reserved and 1 or 0, now }
--- Reserved amounts settled now: zeroed in the record at the end, unless the record goes.
-local zeroed = {}
+-- Reserved amounts settled now: zeroed in the record (rewritten at the end, unless it goes).
+local changed = false
 for i = 1, nw do
   local k = KEYS[2 + i]
   local a = 5 + (i - 1) * 3
@@ -35,9 +35,8 @@ for i = 1, nw do
       end
       s, o, n = wadd(k, at, amount - r, s, o, n, w, now, known)
       -- Later settles of the same admission add their whole amount.
-      zeroed[#zeroed + 1] = 'w:' .. k
-      zeroed[#zeroed + 1] = 0
-      res['w:' .. k] = '0'
+      res['w:' .. k] = 0
+      changed = true
     else
       s, o, n = wadd(k, cur, amount, s, o, n, w, now, c)
     end
@@ -69,15 +68,15 @@ if not dup and reserved then
   local freed = res['f'] ~= nil
   if release and not freed then
     free_slots(res)
-    zeroed[#zeroed + 1] = 'f'
-    zeroed[#zeroed + 1] = 1
+    res['f'] = 1
+    changed = true
     freed = true
   end
   -- Slots free and nothing left to correct: forget the record.
   if freed and settled(res) then
     redis.call('DEL', rkey)
-  elseif #zeroed > 0 then
-    redis.call('HSET', rkey, unpack(zeroed))
+  elseif changed then
+    redis.call('SET', rkey, cmsgpack.pack(res), 'KEEPTTL')
   end
 end
 return out
