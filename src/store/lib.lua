@@ -147,11 +147,21 @@ end
 -- time, x = expiry, w:<window key> = amount reserved, s:<slot set> = 1, f = slots freed.
 -- As a table, or nil when absent or past its expiry (x) on this clock.
 local function reservation(key, now)
-  local packed = redis.call('GET', key)
+  local packed = redis.pcall('GET', key)
   if not packed then
     return nil
   end
-  local res = cmsgpack.unpack(packed)
+  local res
+  if type(packed) == 'table' then
+    -- WRONGTYPE: a hash written before this format (a reservation in flight across the upgrade).
+    local flat = redis.call('HGETALL', key)
+    res = {}
+    for k = 1, #flat, 2 do
+      res[flat[k]] = flat[k + 1]
+    end
+  else
+    res = cmsgpack.unpack(packed)
+  end
   if tonumber(res['x']) <= now then
     redis.call('DEL', key)
     return nil
