@@ -7,7 +7,7 @@ import type { InferencePolicy, Model, Price } from '../config/inference.js';
 import { invalid } from '../errors.js';
 import type { Principal } from '../keys/resolve.js';
 import type { OpState, Settle, SettleResult } from '../store/store.js';
-import { modelLimits, type OpMeta, policyModel, RESERVATION_GRACE_MS } from './inference.js';
+import { type Metric, modelLimits, type OpMeta, policyModel, RESERVATION_GRACE_MS } from './inference.js';
 import { inferenceKeys as K, periodsAt } from './inference-keys.js';
 
 /** Monthly counters stay readable this long after their month (reports on last month). */
@@ -140,59 +140,55 @@ export function planSettle(
   const monthMs = periods.monthEndMs - periods.monthStartMs;
   const dayMs = periods.dayEndMs - periods.dayStartMs;
   // Usage is counted even without a cap, so reports and a cap set later see it.
-  const counters: Settle['counters'] = [
-    {
-      key: K.monthlyTokens(a, p.ref, periods.month),
-      amount: total,
-      ttlMs: periods.monthEndMs - nowMs + MONTH_KEEP_MS,
-      limit: p.caps.monthlyTokens ?? 0,
-      periodEndMs: periods.monthEndMs,
-    },
-    {
-      key: K.monthlySpend(a, p.ref, periods.month),
-      amount: spend,
-      ttlMs: periods.monthEndMs - nowMs + MONTH_KEEP_MS,
-      limit: p.caps.monthlySpendMicros ?? 0,
-      periodEndMs: periods.monthEndMs,
-    },
-    {
-      key: K.dailySpend(a, p.ref, periods.day),
-      amount: spend,
-      ttlMs: periods.dayEndMs - nowMs + DAY_KEEP_MS,
-      limit: p.caps.dailySpendMicros ?? 0,
-      periodEndMs: periods.dayEndMs,
-    },
-  ];
-  const cap = (limit: number | undefined) => (limit === undefined ? { unlimited: true } : {});
-  const counterMeta: OpMeta[] = [
+  const periodOf = {
+    month: { endMs: periods.monthEndMs, lengthMs: monthMs, keepMs: MONTH_KEEP_MS },
+    day: { endMs: periods.dayEndMs, lengthMs: dayMs, keepMs: DAY_KEEP_MS },
+  };
+  const budgets: {
+    metric: Metric;
+    key: string;
+    amount: number;
+    cap: number | undefined;
+    period: 'month' | 'day';
+  }[] = [
     {
       metric: 'monthly_tokens',
-      scope: 'key',
-      limit: p.caps.monthlyTokens ?? 0,
-      windowMs: monthMs,
-      window: 'month',
-      cost: total,
-      ...cap(p.caps.monthlyTokens),
+      key: K.monthlyTokens(a, p.ref, periods.month),
+      amount: total,
+      cap: p.caps.monthlyTokens,
+      period: 'month',
     },
     {
       metric: 'monthly_spend',
-      scope: 'key',
-      limit: p.caps.monthlySpendMicros ?? 0,
-      windowMs: monthMs,
-      window: 'month',
-      cost: spend,
-      ...cap(p.caps.monthlySpendMicros),
+      key: K.monthlySpend(a, p.ref, periods.month),
+      amount: spend,
+      cap: p.caps.monthlySpendMicros,
+      period: 'month',
     },
     {
       metric: 'daily_spend',
-      scope: 'key',
-      limit: p.caps.dailySpendMicros ?? 0,
-      windowMs: dayMs,
-      window: 'day',
-      cost: spend,
-      ...cap(p.caps.dailySpendMicros),
+      key: K.dailySpend(a, p.ref, periods.day),
+      amount: spend,
+      cap: p.caps.dailySpendMicros,
+      period: 'day',
     },
   ];
+  const counters: Settle['counters'] = budgets.map((b) => ({
+    key: b.key,
+    amount: b.amount,
+    ttlMs: periodOf[b.period].endMs - nowMs + periodOf[b.period].keepMs,
+    limit: b.cap ?? 0,
+    periodEndMs: periodOf[b.period].endMs,
+  }));
+  const counterMeta: OpMeta[] = budgets.map((b) => ({
+    metric: b.metric,
+    scope: 'key',
+    limit: b.cap ?? 0,
+    windowMs: periodOf[b.period].lengthMs,
+    window: b.period,
+    cost: b.amount,
+    ...(b.cap === undefined ? { unlimited: true } : {}),
+  }));
 
   const leaseMs = Math.max(model.leaseMs, policy.leaseMs);
   return {
