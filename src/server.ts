@@ -1,6 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { loadConfig } from './config/load.js';
+import { parseConfigFiles, readConfigFiles } from './config/load.js';
 import { watchConfig } from './config/watch.js';
 import { type KeyRegistry, MemoryKeyRegistry } from './keys/registry.js';
 import { RedisKeyRegistry } from './keys/registry-redis.js';
@@ -86,7 +86,8 @@ const listenMetrics = (host: string, port: number): Promise<http.Server> => {
  */
 export const startServer = async (settings: Settings, parts: ServerParts = {}): Promise<RunningServer> => {
   const log = parts.log ?? createLogger(settings.logLevel);
-  let config: RuntimeConfig = await loadConfig(settings.config);
+  const loadedFiles = await readConfigFiles(settings.config);
+  let config: RuntimeConfig = parseConfigFiles(loadedFiles);
   const auth = parts.auth ?? serviceAuthFromEnv();
 
   // What was started, closed in reverse: the listeners on a failed start (e.g. a port in use), the
@@ -149,6 +150,7 @@ export const startServer = async (settings: Settings, parts: ServerParts = {}): 
           'config reload failed; keeping the previous config',
         );
       },
+      { baseline: loadedFiles },
     );
     resources.push(unwatch);
 

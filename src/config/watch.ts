@@ -20,6 +20,11 @@ export interface WatchOptions extends LoadOptions {
   debounceMs?: number;
   /** Re-check this often even without events; 0 disables. */
   pollMs?: number;
+  /**
+   * The files the caller's config was parsed from. Changes are then measured against them, so an edit
+   * made between the caller's load and the start of the watch is still reported.
+   */
+  baseline?: readonly ConfigFile[];
 }
 
 const digest = (files: readonly ConfigFile[]): string => {
@@ -31,7 +36,8 @@ const digest = (files: readonly ConfigFile[]): string => {
 /**
  * Watches `path` (a file or a directory, as loadConfig takes) and calls onChange with each new valid
  * config, or onError (with a ConfigError when the files are invalid) keeping the old one. Changes are
- * measured against the files as they are when the watch starts. Returns a function that stops watching.
+ * measured against options.baseline, else against the files as they are when the watch starts.
+ * Returns a function that stops watching.
  */
 export function watchConfig(
   path: string,
@@ -42,7 +48,7 @@ export function watchConfig(
   const debounceMs = options.debounceMs ?? 200;
   const pollMs = options.pollMs ?? 5_000;
   let stopped = false;
-  let last: string | undefined;
+  let last = options.baseline ? digest(options.baseline) : undefined;
   let lastError: string | undefined;
   let timer: NodeJS.Timeout | undefined;
   let running = false;
@@ -108,7 +114,7 @@ export function watchConfig(
 
   const poll = pollMs > 0 ? setInterval(schedule, pollMs) : undefined;
   poll?.unref();
-  void check(false).then(ensureWatcher);
+  void check(options.baseline !== undefined).then(ensureWatcher);
 
   return () => {
     stopped = true;

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/config/errors.js';
+import { readConfigFiles } from '../../src/config/load.js';
 import { watchConfig } from '../../src/config/watch.js';
 import type { RuntimeConfig } from '../../src/services/deps.js';
 
@@ -85,6 +86,16 @@ describe('watchConfig', () => {
     await writeFile(join(dir, 'a.yaml'), domain('a', 30));
     await ev.until(() => ev.changes.length === 2 && limitOf(ev.changes[1]!, 'b') === 5);
     expect(limitOf(ev.changes[1]!, 'a')).toBe(30);
+  });
+
+  it('reports a change made between the caller loading the files and the watch starting', async () => {
+    await writeFile(join(dir, 'a.yaml'), domain('a', 10));
+    const loaded = await readConfigFiles(dir);
+    await writeFile(join(dir, 'a.yaml'), domain('a', 30));
+    const ev = new Events();
+    stop = watchConfig(dir, ev.onChange, ev.onError, { debounceMs: 20, pollMs: 0, baseline: loaded });
+    await ev.until(() => ev.changes.length === 1);
+    expect(limitOf(ev.changes[0]!, 'a')).toBe(30);
   });
 
   it('sees an editor replacing the file (write elsewhere, rename over)', async () => {
