@@ -3,7 +3,7 @@
  * corrects the admission's reservation, adds tokens to the account × model windows and the
  * monthly tokens, adds spend to daily and monthly spend, and frees the slots.
  */
-import type { InferencePolicy, Model, Price } from '../config/inference.js';
+import type { InferencePolicy, Limit, Model, Price } from '../config/inference.js';
 import { invalid } from '../errors.js';
 import type { Principal } from '../keys/resolve.js';
 import type { OpState, Settle, SettleResult } from '../store/store.js';
@@ -91,48 +91,19 @@ export function planSettle(
   const total = usage.tokens ?? (usage.tokensIn ?? 0) + (usage.tokensOut ?? 0);
   const windows: Settle['windows'] = [];
   const windowMeta: OpMeta[] = [];
-  if (tier.tokens) {
-    const l = tier.tokens;
-    windows.push({
-      key: K.keyTokens(a, p.ref, l.windowMs),
-      windowMs: l.windowMs,
-      limit: l.limit,
-      amount: total,
-    });
-    windowMeta.push({
-      metric: 'tokens',
-      scope: 'key',
-      limit: l.limit,
-      windowMs: l.windowMs,
-      window: l.window,
-      cost: total,
-    });
-  }
+  const addWindow = (metric: Metric, scope: OpMeta['scope'], l: Limit, key: string, amount: number) => {
+    windows.push({ key, windowMs: l.windowMs, limit: l.limit, amount });
+    windowMeta.push({ metric, scope, limit: l.limit, windowMs: l.windowMs, window: l.window, cost: amount });
+  };
+  if (tier.tokens)
+    addWindow('tokens', 'key', tier.tokens, K.keyTokens(a, p.ref, tier.tokens.windowMs), total);
   if (ml?.tokensIn && usage.tokensIn !== undefined) {
     const l = ml.tokensIn;
-    const key = K.modelTokensIn(a, modelId, l.windowMs);
-    windows.push({ key, windowMs: l.windowMs, limit: l.limit, amount: usage.tokensIn });
-    windowMeta.push({
-      metric: 'tokens_in',
-      scope: 'account_model',
-      limit: l.limit,
-      windowMs: l.windowMs,
-      window: l.window,
-      cost: usage.tokensIn,
-    });
+    addWindow('tokens_in', 'account_model', l, K.modelTokensIn(a, modelId, l.windowMs), usage.tokensIn);
   }
   if (ml?.tokensOut && usage.tokensOut !== undefined) {
     const l = ml.tokensOut;
-    const key = K.modelTokensOut(a, modelId, l.windowMs);
-    windows.push({ key, windowMs: l.windowMs, limit: l.limit, amount: usage.tokensOut });
-    windowMeta.push({
-      metric: 'tokens_out',
-      scope: 'account_model',
-      limit: l.limit,
-      windowMs: l.windowMs,
-      window: l.window,
-      cost: usage.tokensOut,
-    });
+    addWindow('tokens_out', 'account_model', l, K.modelTokensOut(a, modelId, l.windowMs), usage.tokensOut);
   }
 
   const spend = spendMicros(model.price, usage);
