@@ -1,8 +1,9 @@
 /**
- * The Redis store: every decision, settle and release is one EVALSHA of a Lua script (lib.lua
+ * The Redis store: every decision, settle and release runs in one EVALSHA of a Lua script (lib.lua
  * prepended), so a decision costs one round trip however many ops it has, and the script reads Redis
- * TIME so instances with skewed clocks agree. Works on one Redis, Sentinel and Cluster: keys of one
- * script share a hash tag; a non-atomic decision spanning slots runs one script per slot, concurrently.
+ * TIME so instances with skewed clocks agree. Decisions issued in the same event-loop turn share that
+ * call (each stays atomic on its own). Works on one Redis, Sentinel and Cluster: keys of one decision
+ * share a hash tag; a non-atomic decision spanning slots runs one script per slot, concurrently.
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -40,6 +41,22 @@ interface Flattening {
   eval(lua: string, numKeys: number, keys: string[], args: (string | number)[]): Promise<unknown>;
 }
 
+/**
+ * Decisions issued in one event-loop turn (to one cluster slot) go out as one script call: under load
+ * that turns dozens of commands into one, which is most of the client's cost per decision. Capped so a
+ * call keeps Redis busy for a bounded time.
+ */
+const MAX_BATCH = 32;
+
+/** One decision waiting for its batch, in decide.lua's per-decision layout. */
+interface Queued {
+  keys: string[];
+  requestId: string;
+  packed: string;
+  resolve(reply: number[]): void;
+  reject(err: unknown): void;
+}
+
 /** Lua has no Infinity on the wire; an unlimited value is the largest exact integer. */
 const num = (x: number): number => (Number.isFinite(x) ? x : Number.MAX_SAFE_INTEGER);
 
@@ -68,6 +85,9 @@ export class RedisStore implements LimiterStore {
   private failing = false;
   private probe: NodeJS.Timeout | undefined;
   private loading: Promise<unknown> = Promise.resolve();
+  /** Decisions waiting for this turn's flush, by cluster slot (0 off a cluster). */
+  private readonly queued = new Map<number, Queued[]>();
+  private flushing = false;
 
   constructor(
     readonly client: Redis | Cluster,
@@ -160,11 +180,10 @@ export class RedisStore implements LimiterStore {
     const p = this.prefix;
     const res = d.reservation;
     const keys: string[] = [];
+    // Joined into one argument below (the request id travels apart: it is any string).
     const args: (string | number)[] = [
-      this.clockArg(),
       d.atomic ? 1 : 0,
       d.dryRun ? 1 : 0,
-      res ? res.requestId : '',
       res ? Math.max(1, Math.ceil(res.ttlMs)) : 0,
       idx.length,
     ];
@@ -190,8 +209,53 @@ export class RedisStore implements LimiterStore {
       }
     }
     if (res) keys.push(p + res.key);
-    if (this.isCluster) this.assertOneSlot(keys, 'decision');
-    return this.run(SCRIPTS.decide, keys, args);
+    const slot = this.isCluster ? this.assertOneSlot(keys, 'decision') : 0;
+    const q = { keys, requestId: res ? res.requestId : '', packed: args.join(' ') };
+    return new Promise((resolve, reject) => this.enqueue(slot, { ...q, resolve, reject }));
+  }
+
+  private enqueue(slot: number, q: Queued): void {
+    let batch = this.queued.get(slot);
+    if (!batch) {
+      batch = [];
+      this.queued.set(slot, batch);
+    }
+    batch.push(q);
+    if (batch.length >= MAX_BATCH) {
+      this.queued.delete(slot);
+      void this.sendBatch(batch);
+    } else if (!this.flushing) {
+      this.flushing = true;
+      // After this turn's I/O callbacks: every decision their requests started is queued by then.
+      setImmediate(this.flush);
+    }
+  }
+
+  private readonly flush = (): void => {
+    this.flushing = false;
+    for (const batch of this.queued.values()) void this.sendBatch(batch);
+    this.queued.clear();
+  };
+
+  private async sendBatch(batch: Queued[]): Promise<void> {
+    const keys: string[] = [];
+    const args: (string | number)[] = [this.clockArg(), batch.length];
+    for (const q of batch) {
+      for (const k of q.keys) keys.push(k);
+      args.push(q.keys.length, q.requestId, q.packed);
+    }
+    let replies: (number[] | Error)[];
+    try {
+      replies = (await this.run(SCRIPTS.decide, keys, args)) as unknown as (number[] | Error)[];
+    } catch (err) {
+      for (const q of batch) q.reject(err);
+      return;
+    }
+    batch.forEach((q, i) => {
+      const r = replies[i]!;
+      if (r instanceof Error) q.reject(this.classify(r));
+      else q.resolve(r);
+    });
   }
 
   private parseDecision(r: number[], ops: Op[], idx: number[], into?: DecisionResult): DecisionResult {
@@ -248,13 +312,15 @@ export class RedisStore implements LimiterStore {
     return groups;
   }
 
-  private assertOneSlot(keys: string[], what: string): void {
-    if (!this.isCluster) return;
+  /** The keys' one cluster slot (0 off a cluster). */
+  private assertOneSlot(keys: string[], what: string): number {
+    if (!this.isCluster) return 0;
     const slot = clusterKeySlot(keys[0]!);
     for (const k of keys) {
       if (clusterKeySlot(k) !== slot)
         throw new Error(`${what} spans cluster slots (${keys[0]}, ${k}): use one hash tag`);
     }
+    return slot;
   }
 
   private clockArg(): number {
@@ -275,12 +341,15 @@ export class RedisStore implements LimiterStore {
       this.failing = false;
       return reply as number[];
     } catch (err) {
-      if (isTransient(err)) {
-        this.markFailing();
-        throw new StoreUnavailableError(`redis: ${(err as Error).message}`, { cause: err });
-      }
-      throw err;
+      throw this.classify(err);
     }
+  }
+
+  /** A transient failure becomes StoreUnavailableError (and the store unhealthy); others are bugs. */
+  private classify(err: unknown): unknown {
+    if (!isTransient(err)) return err;
+    this.markFailing();
+    return new StoreUnavailableError(`redis: ${(err as Error).message}`, { cause: err });
   }
 
   /**

@@ -98,7 +98,7 @@ describe('redis store', () => {
     await s.close();
   });
 
-  it('sends exactly one EVALSHA per decision, settle and release, however many ops', async () => {
+  it('sends one EVALSHA per decision (or per batch issued together), settle and release, however many ops', async () => {
     const s = await redisStore({ kind: 'redis', url }, { clockRefreshMs: 3_600_000 });
     const ops: Op[] = [
       {
@@ -130,8 +130,12 @@ describe('redis store', () => {
     await admin.config('RESETSTAT');
     await mon.drain();
 
-    const results = await Promise.all(Array.from({ length: 4 }, (_, i) => s.store.decide(decision(`r${i}`))));
+    // Issued one after another: one call each.
+    for (let i = 0; i < 2; i++) expect((await s.store.decide(decision(`r${i}`))).admitted).toBe(true);
+    // Issued together: they share one call, each decided on its own.
+    const results = await Promise.all([2, 3].map((i) => s.store.decide(decision(`r${i}`))));
     expect(results.every((r) => r.admitted)).toBe(true);
+    expect(results.map((r) => r.states[0]!.used)).toEqual([4, 5]);
     await s.store.settle({
       requestId: 'r0',
       reservationKey: '{acct}:res:r0',
@@ -145,9 +149,9 @@ describe('redis store', () => {
     });
     await s.store.release('{acct}:res:r1');
     const sent = (await mon.drain()).filter((c) => c[0] !== 'config');
-    expect(sent.map((c) => c[0])).toEqual(Array(6).fill('evalsha'));
+    expect(sent.map((c) => c[0])).toEqual(Array(5).fill('evalsha'));
     const stats = await admin.info('commandstats');
-    expect(stats).toMatch(/cmdstat_evalsha:calls=6,/);
+    expect(stats).toMatch(/cmdstat_evalsha:calls=5,/);
     // TIME and the data commands run inside the script; nothing else came from a client.
     expect(stats).not.toMatch(/cmdstat_(eval|script|multi|exec|ping):/);
     mon.close();
@@ -297,6 +301,18 @@ describe('redis store', () => {
     await admin.set(`${s.store.prefix}{bug}:w`, 'not a hash');
     await expect(s.store.decide({ ops: [win('{bug}:w', 1)], atomic: true })).rejects.toThrow(/WRONGTYPE/);
     expect(s.store.healthy()).toBe(true);
+    // Decisions sharing a call with it are decided as if alone.
+    const [before, bad, after] = await Promise.allSettled([
+      s.store.decide({ ops: [win('{ok}:a', 5)], atomic: true }),
+      s.store.decide({ ops: [win('{bug}:w', 1)], atomic: true }),
+      s.store.decide({ ops: [win('{ok}:b', 5, 2)], atomic: true }),
+    ]);
+    expect(bad).toMatchObject({
+      status: 'rejected',
+      reason: { message: expect.stringMatching(/WRONGTYPE/) },
+    });
+    expect(before).toMatchObject({ status: 'fulfilled', value: { admitted: true } });
+    expect(after).toMatchObject({ status: 'fulfilled', value: { admitted: true, states: [{ used: 2 }] } });
     await s.close();
   });
 });
@@ -326,6 +342,8 @@ describe('redis cluster store', () => {
       return evalsha(...args);
     };
     const pending = s.store.decide({ ops, atomic: false });
+    // Sent at the end of this turn, before any reply could be read.
+    await new Promise(setImmediate);
     expect(issued).toBe(3);
     const r = await pending;
     client.evalsha = evalsha;
