@@ -17,6 +17,7 @@ import {
   type sendUnaryData,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
+import { fastEncoderFor } from './fast-encode.js';
 import { addReflection } from './reflection.js';
 import { failure, toGrpcError } from './status.js';
 import type { CallContext, Listener, ListenerOptions, ServiceBinding } from './types.js';
@@ -40,6 +41,8 @@ export const grpcServiceDefinition = (service: DescService): ServiceDefinition =
     if (m.methodKind !== 'unary' && m.methodKind !== 'server_streaming') {
       throw new Error(`${service.typeName}/${m.name}: ${m.methodKind} methods are not supported`);
     }
+    // Hot-path responses (RateLimitResponse) have a hand-written encoder; the rest go through toBinary.
+    const encode = fastEncoderFor(m.output) ?? ((msg: Message) => asBuffer(toBinary(m.output, msg)));
     def[m.localName] = {
       path: `/${service.typeName}/${m.name}`,
       requestStream: false,
@@ -49,12 +52,7 @@ export const grpcServiceDefinition = (service: DescService): ServiceDefinition =
       requestDeserialize: (buf) => fromBinary(m.input, buf),
       // Handlers may answer with an init shape (as Connect allows): complete it into a message.
       responseSerialize: (msg) =>
-        asBuffer(
-          toBinary(
-            m.output,
-            isMessage(msg, m.output) ? msg : create(m.output, msg as Record<string, unknown>),
-          ),
-        ),
+        encode(isMessage(msg, m.output) ? msg : create(m.output, msg as Record<string, unknown>)),
       responseDeserialize: (buf) => fromBinary(m.output, buf),
     };
   }
