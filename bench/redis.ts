@@ -164,6 +164,15 @@ export const sampleMonitor = (port: number, ms: number): Promise<MonitorSample> 
   });
 
 /**
+ * Decisions one captured decide call carries: decide.lua's ARGV[2] (calls are EVALSHA sha numkeys
+ * keys… args…); 1 when the line is not shaped so.
+ */
+export const decisionsPerCall = (command: string[]): number => {
+  const count = Number(command[3 + Number(command[2]) + 1]);
+  return Number.isInteger(count) && count > 0 ? count : 1;
+};
+
+/**
  * The part of a per-command quantity (calls, usec) due to commands a client sent (round trips): a
  * command the sample saw only inside scripts is not one; one seen both ways counts by the share the
  * sample saw from clients.

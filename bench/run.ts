@@ -37,6 +37,7 @@ import {
   type CommandStat,
   clientCalls,
   commandStats,
+  decisionsPerCall,
   diffStats,
   type MonitorSample,
   redisBenchmark,
@@ -173,13 +174,21 @@ const SCENARIOS: Record<string, Scenario> = {
 
 export type Driver = 'grpc-js' | 'connect-node' | 'h2load' | 'ioredis' | 'redis-benchmark';
 
+/**
+ * peak: closed loop at --concurrency; paced: open loop at half of peak; half: closed loop with the
+ * fewest calls in flight that reach half of peak (latency at half load without the pacer's bursts).
+ */
+export type Mode = 'peak' | 'paced' | 'half';
+
 export interface Pass {
   scenario: string;
   title: string;
   driver: Driver;
-  mode: 'peak' | 'paced';
+  mode: Mode;
   /** Paced passes: the rate asked for. */
   targetRate?: number;
+  /** Half-load passes: calls kept in flight. */
+  inFlight?: number;
   rate: number;
   decisions: number;
   overLimit: number;
@@ -491,8 +500,9 @@ const finishPass = (
     id: string;
     title: string;
     driver: Driver;
-    mode: 'peak' | 'paced';
+    mode: Mode;
     targetRate?: number;
+    inFlight?: number;
     result: {
       decisions: number;
       overLimit?: number;
@@ -521,6 +531,7 @@ const finishPass = (
     driver: p.driver,
     mode: p.mode,
     ...(p.targetRate ? { targetRate: Math.round(p.targetRate) } : {}),
+    ...(p.inFlight ? { inFlight: p.inFlight } : {}),
     rate: r.rate,
     decisions: r.decisions,
     overLimit: r.overLimit ?? 0,
@@ -562,6 +573,9 @@ const finishPass = (
   return pass;
 };
 
+/** How h2load drives a pass: peak (closed loop), paced (--rps, open loop) or half (few streams, closed). */
+type H2Load = { mode: 'peak' } | { mode: 'paced'; rate: number } | { mode: 'half'; streams: number };
+
 /** h2load posting the scenario's first request as a fixed body. */
 const h2Pass = async (
   ctx: Ctx,
@@ -571,25 +585,17 @@ const h2Pass = async (
   redis: BenchRedis | undefined,
   req: RateLimitRequest,
   via: 'grpc' | 'http',
-  rate?: number,
+  load: H2Load,
   sample?: MonitorSample,
 ): Promise<Pass> => {
   const { o } = ctx;
-  const connections = Math.max(1, o.connections);
   let w0: Window | undefined;
   let w1: Window | undefined;
   const r = await runH2load({
-    url: via === 'grpc' ? `http://${target.grpc}${SERVICE_PATH}` : `${target.http}${SERVICE_PATH}`,
-    body: via === 'grpc' ? grpcFrame(req) : toBinary(RateLimitRequestSchema, req),
-    headers:
-      via === 'grpc'
-        ? ['content-type: application/grpc', 'te: trailers']
-        : ['content-type: application/proto', 'connect-protocol-version: 1'],
-    connections,
-    streams: Math.max(1, Math.ceil((rate ? o.concurrency * 4 : o.concurrency) / connections)),
+    ...h2Target(target, req, via),
+    ...h2Shape(o, load),
     warmupS: o.warmupS,
     durationS: o.durationS,
-    ...(rate ? { rpsPerConnection: Math.max(1, Math.round(rate / connections)) } : {}),
     dir: ctx.dir,
     onWindow: (phase) => {
       if (phase === 'measuring') w0 = snapshot(target, redis);
@@ -602,14 +608,72 @@ const h2Pass = async (
     id,
     title,
     driver: 'h2load',
-    mode: rate ? 'paced' : 'peak',
-    ...(rate ? { targetRate: rate } : {}),
+    mode: load.mode,
+    ...(load.mode === 'paced' ? { targetRate: load.rate } : {}),
+    ...(load.mode === 'half' ? { inFlight: load.streams } : {}),
     result: { ...r, errors: r.failed ? { failed: r.failed } : {} },
     m,
     target,
     redis,
     ...(sample ? { sample } : {}),
   });
+};
+
+const h2Target = (target: Target, req: RateLimitRequest, via: 'grpc' | 'http') =>
+  via === 'grpc'
+    ? {
+        url: `http://${target.grpc}${SERVICE_PATH}`,
+        body: grpcFrame(req),
+        headers: ['content-type: application/grpc', 'te: trailers'],
+      }
+    : {
+        url: `${target.http}${SERVICE_PATH}`,
+        body: toBinary(RateLimitRequestSchema, req),
+        headers: ['content-type: application/proto', 'connect-protocol-version: 1'],
+      };
+
+const h2Shape = (o: Options, load: H2Load) => {
+  if (load.mode === 'half') return { connections: 1, streams: load.streams };
+  const connections = Math.max(1, o.connections);
+  const inFlight = load.mode === 'paced' ? o.concurrency * 4 : o.concurrency;
+  return {
+    connections,
+    streams: Math.max(1, Math.ceil(inFlight / connections)),
+    ...(load.mode === 'paced' ? { rpsPerConnection: Math.max(1, Math.round(load.rate / connections)) } : {}),
+  };
+};
+
+/**
+ * Latency at half of peak, closed loop: one connection with the fewest streams in flight (1, 2, 4, …)
+ * whose rate reaches half the scenario's peak, found with short probes. The open-loop pass cannot say
+ * this: h2load --rps ticks every 10 ms at most and sends a tick's requests at once, so its latency is
+ * mostly queueing behind its own bursts (half of a 16k/s peak is 40 requests at once per connection).
+ */
+const halfLoadPass = async (
+  ctx: Ctx,
+  id: string,
+  title: string,
+  target: Target,
+  redis: BenchRedis | undefined,
+  req: RateLimitRequest,
+  via: 'grpc' | 'http',
+  sample?: MonitorSample,
+): Promise<void> => {
+  const half = peakOf(ctx.passes, id) / 2;
+  if (half <= 0) return;
+  let streams = 1;
+  for (; streams < ctx.o.concurrency; streams *= 2) {
+    const probe = await runH2load({
+      ...h2Target(target, req, via),
+      connections: 1,
+      streams,
+      warmupS: 1,
+      durationS: 2,
+      dir: ctx.dir,
+    });
+    if (probe.rate >= half) break;
+  }
+  ctx.passes.push(await h2Pass(ctx, id, title, target, redis, req, via, { mode: 'half', streams }, sample));
 };
 
 /** The script ceiling: the decision's own EVALSHA, replayed pipelined with no server in between. */
@@ -621,7 +685,9 @@ const scriptCeiling = async (
   command: string[],
 ) => {
   const { o } = ctx;
-  const title = `Redis script of (${id}) alone: ${command[0]} ${command.slice(1, 2).join(' ').slice(0, 12)}…`;
+  // Rates below are decisions/s: calls/s times the decisions the captured call carries.
+  const per = decisionsPerCall(command);
+  const title = `Redis script of (${id}) alone: ${command[0]} ${command.slice(1, 2).join(' ').slice(0, 12)}…, ${per} decision(s) per call`;
   let w0: Window | undefined;
   let w1: Window | undefined;
   const r = await runLoadgen(
@@ -646,7 +712,7 @@ const scriptCeiling = async (
       title,
       driver: 'ioredis',
       mode: 'peak',
-      result: r,
+      result: { ...r, rate: r.rate * per, decisions: r.decisions * per },
       m,
       target: undefined,
       redis,
@@ -664,13 +730,13 @@ const scriptCeiling = async (
     ctx.notes.push('redis-benchmark not found or failed: script ceiling from ioredis only');
     return;
   }
-  log(`  script:${id} redis-benchmark: ${Math.round(rb.rate)}/s`);
+  log(`  script:${id} redis-benchmark: ${Math.round(rb.rate * per)}/s`);
   ctx.passes.push({
     scenario: `script:${id}`,
     title,
     driver: 'redis-benchmark',
     mode: 'peak',
-    rate: rb.rate,
+    rate: rb.rate * per,
     decisions: 0,
     overLimit: 0,
     errors: {},
@@ -698,7 +764,7 @@ const pacedPass = async (
   if (rate <= 0) return;
   const req = buildRequests(shape)[0] as RateLimitRequest;
   if (ctx.h2load && fixed)
-    ctx.passes.push(await h2Pass(ctx, id, title, target, redis, req, via, rate, sample));
+    ctx.passes.push(await h2Pass(ctx, id, title, target, redis, req, via, { mode: 'paced', rate }, sample));
   else ctx.passes.push(await nodePass(ctx, id, title, target, redis, shape, via, rate, undefined, sample));
 };
 
@@ -725,8 +791,13 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
     // h2load repeats one body: scenario d's many keys cannot be expressed, and (c) already is that.
     const fixed = shape.kind === 'generic' || shape.keys === 1;
     if (ctx.h2load && fixed)
-      ctx.passes.push(await h2Pass(ctx, id, s.title, target, usesRedis, req, s.port, undefined, sample));
-    if (ctx.o.paced) await pacedPass(ctx, id, s.title, target, usesRedis, shape, s.port, fixed, sample);
+      ctx.passes.push(
+        await h2Pass(ctx, id, s.title, target, usesRedis, req, s.port, { mode: 'peak' }, sample),
+      );
+    if (ctx.o.paced) {
+      await pacedPass(ctx, id, s.title, target, usesRedis, shape, s.port, fixed, sample);
+      if (ctx.h2load && fixed) await halfLoadPass(ctx, id, s.title, target, usesRedis, req, s.port, sample);
+    }
   } finally {
     const rss = peakRssMb(target.pid);
     await target.stop();
@@ -748,8 +819,12 @@ const emptyCeiling = async (ctx: Ctx) => {
   const target = await startEmpty(req);
   try {
     ctx.passes.push(await nodePass(ctx, 'empty', title, target, undefined, shape, 'grpc'));
-    if (ctx.h2load) ctx.passes.push(await h2Pass(ctx, 'empty', title, target, undefined, req, 'grpc'));
-    if (ctx.o.paced) await pacedPass(ctx, 'empty', title, target, undefined, shape, 'grpc', true);
+    if (ctx.h2load)
+      ctx.passes.push(await h2Pass(ctx, 'empty', title, target, undefined, req, 'grpc', { mode: 'peak' }));
+    if (ctx.o.paced) {
+      await pacedPass(ctx, 'empty', title, target, undefined, shape, 'grpc', true);
+      if (ctx.h2load) await halfLoadPass(ctx, 'empty', title, target, undefined, req, 'grpc');
+    }
   } finally {
     const rss = peakRssMb(target.pid);
     await target.stop();
