@@ -644,7 +644,7 @@ const h2Shape = (o: Options, load: H2Load) => {
 };
 
 /**
- * Latency at half of peak, closed loop: one connection with the fewest streams in flight (1, 2, 4, …)
+ * Latency at half of peak, closed loop: one connection with the fewest streams in flight (1, 2, 3, 5, 8, …)
  * whose rate reaches half the scenario's peak, found with short probes. The open-loop pass cannot say
  * this: h2load --rps ticks every 10 ms at most and sends a tick's requests at once, so its latency is
  * mostly queueing behind its own bursts (half of a 16k/s peak is 40 requests at once per connection).
@@ -661,8 +661,9 @@ const halfLoadPass = async (
 ): Promise<void> => {
   const half = peakOf(ctx.passes, id) / 2;
   if (half <= 0) return;
+  // Steps of about 1.5×, so the pass lands near half of peak rather than up to twice the load.
   let streams = 1;
-  for (; streams < ctx.o.concurrency; streams *= 2) {
+  for (; streams < ctx.o.concurrency; streams = streams < 2 ? 2 : Math.round(streams * 1.5)) {
     const probe = await runH2load({
       ...h2Target(target, req, via),
       connections: 1,
