@@ -365,6 +365,30 @@ describe('redis cluster store', () => {
     await s.close();
   });
 
+  it('decisions issued together share one script per slot, each answered with its own result', async () => {
+    const s = await redisStore({ kind: 'cluster', nodes });
+    const tags = ['{p}', '{q}', '{r}'];
+    // Three hash tags, three slots: a call carries the decisions of one slot only.
+    await Promise.all(tags.map((t) => s.store.decide({ ops: [win(`${t}:x`, 1, 0)], atomic: true })));
+    await s.store.syncClock();
+    const mons = await Promise.all(nodes.map((n) => monitor(`redis://${n}`)));
+    await Promise.all(mons.map((m) => m.drain()));
+    // Two decisions per tag; the second of each sees the first's cost (arrival order within a call).
+    const results = await Promise.all(
+      tags.flatMap((t, i) => [
+        s.store.decide({ ops: [win(`${t}:x`, 10, i + 1)], atomic: true }),
+        s.store.decide({ ops: [win(`${t}:x`, 10, i + 1)], atomic: true }),
+      ]),
+    );
+    expect(results.map((r) => r.states[0]!.used)).toEqual([1, 2, 2, 4, 3, 6]);
+    const sent = (await Promise.all(mons.map((m) => m.drain()))).flat();
+    expect(sent.map((c) => c[0])).toEqual(['evalsha', 'evalsha', 'evalsha']);
+    // decide.lua's ARGV[2]: the decisions a call carries (EVALSHA sha numkeys key… clock count …).
+    expect(sent.map((c) => c[3 + Number(c[2]) + 1])).toEqual(['2', '2', '2']);
+    for (const m of mons) m.close();
+    await s.close();
+  });
+
   it('one script per atomic decision on the cluster too', async () => {
     const s = await redisStore({ kind: 'cluster', nodes });
     const mons = await Promise.all(nodes.map((n) => monitor(`redis://${n}`)));
