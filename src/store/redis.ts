@@ -209,9 +209,10 @@ export class RedisStore implements LimiterStore {
       }
     }
     if (res) keys.push(p + res.key);
-    const slot = this.isCluster ? this.assertOneSlot(keys, 'decision') : 0;
-    const q = { keys, requestId: res ? res.requestId : '', packed: args.join(' ') };
-    return new Promise((resolve, reject) => this.enqueue(slot, { ...q, resolve, reject }));
+    const slot = this.assertOneSlot(keys, 'decision');
+    const requestId = res ? res.requestId : '';
+    const packed = args.join(' ');
+    return new Promise((resolve, reject) => this.enqueue(slot, { keys, requestId, packed, resolve, reject }));
   }
 
   private enqueue(slot: number, q: Queued): void {

@@ -283,26 +283,16 @@ export const tryEncodeRateLimitResponse = (msg: RateLimitResponse): Buffer | und
   }
 };
 
-/** `toBinary(RateLimitResponseSchema, msg)` as a Buffer, written by hand when possible. */
-export const encodeRateLimitResponse = (msg: RateLimitResponse): Buffer => {
-  const buf = tryEncodeRateLimitResponse(msg);
-  if (buf) return buf;
-  const u8 = toBinary(RateLimitResponseSchema, msg);
-  return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
-};
+/** Encoded protobuf bytes as a Buffer over the same memory (grpc-js wants Buffers). */
+export const asBuffer = (u8: Uint8Array): Buffer => Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 
-const encoders = new Map<string, { schema: DescMessage; encode: (msg: Message) => Buffer }>([
-  [
-    RateLimitResponseSchema.typeName,
-    { schema: RateLimitResponseSchema, encode: encodeRateLimitResponse as (msg: Message) => Buffer },
-  ],
-]);
+/** `toBinary(RateLimitResponseSchema, msg)` as a Buffer, written by hand when possible. */
+export const encodeRateLimitResponse = (msg: RateLimitResponse): Buffer =>
+  tryEncodeRateLimitResponse(msg) ?? asBuffer(toBinary(RateLimitResponseSchema, msg));
 
 /**
- * The hand-written encoder for messages of `schema`, if any. Found by type name, and only for the very
- * descriptor it was written against: another descriptor of the same name may have other fields.
+ * The hand-written encoder for messages of `schema`, if any: only for the very descriptor it was
+ * written against (another descriptor of the same name may have other fields).
  */
-export const fastEncoderFor = (schema: DescMessage): ((msg: Message) => Buffer) | undefined => {
-  const e = encoders.get(schema.typeName);
-  return e?.schema === schema ? e.encode : undefined;
-};
+export const fastEncoderFor = (schema: DescMessage): ((msg: Message) => Buffer) | undefined =>
+  schema === RateLimitResponseSchema ? (encodeRateLimitResponse as (msg: Message) => Buffer) : undefined;

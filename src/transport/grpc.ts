@@ -17,7 +17,7 @@ import {
   type sendUnaryData,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { fastEncoderFor } from './fast-encode.js';
+import { asBuffer, fastEncoderFor } from './fast-encode.js';
 import { addReflection } from './reflection.js';
 import { failure, toGrpcError } from './status.js';
 import type { CallContext, Listener, ListenerOptions, ServiceBinding } from './types.js';
@@ -31,8 +31,6 @@ const SERVER_OPTIONS = {
   'grpc.keepalive_time_ms': 60_000,
   'grpc.keepalive_timeout_ms': 20_000,
 };
-
-const asBuffer = (u8: Uint8Array): Buffer => Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 
 /** A grpc-js service definition whose (de)serializers are the protobuf-es generated types. */
 export const grpcServiceDefinition = (service: DescService): ServiceDefinition => {
