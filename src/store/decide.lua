@@ -7,8 +7,10 @@
 -- KEYS, per decision: each op's key (a slot op: then its admission-time key, then its expiredKey when
 -- it has an expiry window), then the reservation key when the requestId is set.
 -- Returns one reply per decision: admitted, denied (0-based, -1), now, expiredLeases, then per op ok,
--- used, remaining, resetMs, retryMs, then per slot op heldMs, longHeld (-1 when not asked); or an
--- error reply for a decision that failed, so one bad decision does not fail the others.
+-- used, remaining, resetMs, retryMs, then per slot op heldMs, longHeld (-1 when not asked), packed as
+-- one string of little-endian doubles (all exact integers: decoding dozens of integer replies was a
+-- large part of the client's cost); or an error reply for a decision that failed, so one bad decision
+-- does not fail the others.
 local now = clock(ARGV[1])
 -- For exclusive score bounds ('(' .. nowf); %.17g as redis.call converts numbers.
 local nowf = string.format('%.17g', now)
@@ -243,13 +245,23 @@ local function decide(rid, packed, ki)
   return out
 end
 
+local function pack(out)
+  local parts = {}
+  -- In chunks: unpack and struct.pack take a bounded number of values.
+  for a = 1, #out, 200 do
+    local b = math.min(a + 199, #out)
+    parts[#parts + 1] = struct.pack('<' .. string.rep('d', b - a + 1), unpack(out, a, b))
+  end
+  return table.concat(parts)
+end
+
 local replies = {}
 local ki = 1
 for d = 1, tonumber(ARGV[2]) do
   local a = 3 * d
   local ok, out = pcall(decide, ARGV[a + 1], ARGV[a + 2], ki)
   if ok then
-    replies[d] = out
+    replies[d] = pack(out)
   else
     replies[d] = redis.error_reply(type(out) == 'table' and out.err or tostring(out))
   end

@@ -35,10 +35,22 @@ const SCRIPTS = { decide: load('decide'), settle: load('settle'), release: load(
 /** A slot set's companion ZSET of admission times (lib.lua's HELD). */
 const HELD_SUFFIX = ':held';
 
-/** ioredis's EVAL/EVALSHA as called: its typings want spread arguments, it flattens arrays itself. */
+type Evaluate = (
+  script: string,
+  numKeys: number,
+  keys: string[],
+  args: (string | number)[],
+) => Promise<unknown>;
+
+/**
+ * ioredis's EVAL/EVALSHA as called: its typings want spread arguments, it flattens arrays itself. The
+ * Buffer variants leave bulk replies (decide's packed replies) as bytes.
+ */
 interface Flattening {
-  evalsha(sha: string, numKeys: number, keys: string[], args: (string | number)[]): Promise<unknown>;
-  eval(lua: string, numKeys: number, keys: string[], args: (string | number)[]): Promise<unknown>;
+  evalsha: Evaluate;
+  eval: Evaluate;
+  evalshaBuffer: Evaluate;
+  evalBuffer: Evaluate;
 }
 
 /**
@@ -245,9 +257,9 @@ export class RedisStore implements LimiterStore {
       for (const k of q.keys) keys.push(k);
       args.push(q.keys.length, q.requestId, q.packed);
     }
-    let replies: (number[] | Error)[];
+    let replies: (Buffer | Error)[];
     try {
-      replies = (await this.run(SCRIPTS.decide, keys, args)) as unknown as (number[] | Error)[];
+      replies = (await this.run(SCRIPTS.decide, keys, args, true)) as unknown as (Buffer | Error)[];
     } catch (err) {
       for (const q of batch) q.reject(err);
       return;
@@ -255,7 +267,7 @@ export class RedisStore implements LimiterStore {
     batch.forEach((q, i) => {
       const r = replies[i]!;
       if (r instanceof Error) q.reject(this.classify(r));
-      else q.resolve(r);
+      else q.resolve(unpackReply(r));
     });
   }
 
@@ -328,16 +340,34 @@ export class RedisStore implements LimiterStore {
     return this.testClock ? this.testClock() : 0;
   }
 
-  private async run(script: Script, keys: string[], args: (string | number)[]): Promise<number[]> {
+  private async run(
+    script: Script,
+    keys: string[],
+    args: (string | number)[],
+    binary = false,
+  ): Promise<number[]> {
+    const client = this.client as unknown as Flattening;
     try {
       let reply: unknown;
       try {
         // ioredis flattens array arguments: no spread copies of keys and args.
-        reply = await (this.client as unknown as Flattening).evalsha(script.sha, keys.length, keys, args);
+        reply = await (binary ? client.evalshaBuffer : client.evalsha).call(
+          client,
+          script.sha,
+          keys.length,
+          keys,
+          args,
+        );
       } catch (err) {
         // Flushed, restarted or failed-over node: EVAL runs the script and caches it there again.
         if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
-        reply = await (this.client as unknown as Flattening).eval(script.lua, keys.length, keys, args);
+        reply = await (binary ? client.evalBuffer : client.eval).call(
+          client,
+          script.lua,
+          keys.length,
+          keys,
+          args,
+        );
       }
       this.failing = false;
       return reply as number[];
@@ -399,6 +429,14 @@ export class RedisStore implements LimiterStore {
       // Measured again on the next tick or reconnect.
     }
   }
+}
+
+/** decide.lua's packed reply: little-endian doubles, each an exact integer. */
+function unpackReply(b: Buffer): number[] {
+  const n = b.length >>> 3;
+  const r = new Array<number>(n);
+  for (let i = 0; i < n; i++) r[i] = b.readDoubleLE(i << 3);
+  return r;
 }
 
 function state(r: number[], at: number): OpState {

@@ -334,10 +334,11 @@ describe('redis cluster store', () => {
       win('{b}:z', 5),
     ];
     // All three scripts are issued before any reply can arrive (none waits for another).
-    const client = s.redis as unknown as { evalsha: (...args: unknown[]) => Promise<unknown> };
-    const evalsha = client.evalsha.bind(client);
+    // Decisions go as EVALSHA with a binary (Buffer) reply.
+    const client = s.redis as unknown as { evalshaBuffer: (...args: unknown[]) => Promise<unknown> };
+    const evalsha = client.evalshaBuffer.bind(client);
     let issued = 0;
-    client.evalsha = (...args) => {
+    client.evalshaBuffer = (...args) => {
       issued++;
       return evalsha(...args);
     };
@@ -346,7 +347,7 @@ describe('redis cluster store', () => {
     await new Promise(setImmediate);
     expect(issued).toBe(3);
     const r = await pending;
-    client.evalsha = evalsha;
+    client.evalshaBuffer = evalsha;
     expect(r.admitted).toBe(false);
     expect(r.denied).toBe(-1);
     expect(r.states.map((st) => st.ok)).toEqual([true, false, true, false, true]);
