@@ -4,18 +4,14 @@
  * store's answer. Windows slide (contract §6); everything else reads as envoyproxy/ratelimit.
  */
 import { createHash } from 'node:crypto';
-import { create } from '@bufbuild/protobuf';
 import type { Duration } from '@bufbuild/protobuf/wkt';
-import { HeaderValueSchema } from '../../gen/envoy/config/core/v3/base_pb.js';
 import type { RateLimitDescriptor_Entry } from '../../gen/envoy/extensions/common/ratelimit/v3/ratelimit_pb.js';
 import {
   type RateLimitRequest,
   type RateLimitResponse,
   RateLimitResponse_Code,
   type RateLimitResponse_DescriptorStatus,
-  type RateLimitResponse_RateLimit,
   RateLimitResponse_RateLimit_Unit,
-  RateLimitResponseSchema,
 } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import { RateLimitUnit } from '../../gen/envoy/type/v3/ratelimit_unit_pb.js';
 import {
@@ -29,6 +25,7 @@ import {
 } from '../config/generic.js';
 import { invalid } from '../errors.js';
 import type { Decision, DecisionResult, WindowOp } from '../store/store.js';
+import { descriptorStatus, durationOf, headerValue, rateLimit, rlsResponse } from './rls-messages.js';
 
 /** What envoyproxy/ratelimit reports as limit_remaining for an unlimited descriptor (MaxUint32). */
 export const UNLIMITED_REMAINING = 4_294_967_295;
@@ -226,37 +223,7 @@ export const DEFAULT_GENERIC_HEADERS: GenericHeaderNames = {
   reset: 'RateLimit-Reset',
 };
 
-// Messages as typed literals: create() costs about a microsecond each, and a response has a few per descriptor.
-const seconds = (ms: number): Duration => ({
-  $typeName: 'google.protobuf.Duration',
-  seconds: BigInt(Math.ceil(Math.max(0, ms) / 1000)),
-  nanos: 0,
-});
-
-const status = (
-  code: RateLimitResponse_Code,
-  limitRemaining: number,
-  currentLimit?: RateLimitResponse_RateLimit,
-  durationUntilReset?: Duration,
-): RateLimitResponse_DescriptorStatus => ({
-  $typeName: 'envoy.service.ratelimit.v3.RateLimitResponse.DescriptorStatus',
-  code,
-  currentLimit,
-  limitRemaining,
-  durationUntilReset,
-  quota: undefined,
-});
-
-const rateLimit = (
-  requestsPerUnit: number,
-  unit: GenericUnit,
-  name: string,
-): RateLimitResponse_RateLimit => ({
-  $typeName: 'envoy.service.ratelimit.v3.RateLimitResponse.RateLimit',
-  requestsPerUnit,
-  unit: RESPONSE_UNITS[unit],
-  name,
-});
+const seconds = (ms: number): Duration => durationOf(BigInt(Math.ceil(Math.max(0, ms) / 1000)), 0);
 
 /**
  * Builds Envoy's answer from the plan and the store's result (undefined when there were no ops).
@@ -274,17 +241,17 @@ export function genericResponse(
   let binding: RateLimitResponse_DescriptorStatus | undefined;
   let bindingOver = false;
   const statuses = plan.slots.map((slot) => {
-    if (slot.kind === 'none') return status(RateLimitResponse_Code.OK, 0);
-    if (slot.kind === 'unlimited') return status(RateLimitResponse_Code.OK, UNLIMITED_REMAINING);
+    if (slot.kind === 'none') return descriptorStatus(RateLimitResponse_Code.OK, 0);
+    if (slot.kind === 'unlimited') return descriptorStatus(RateLimitResponse_Code.OK, UNLIMITED_REMAINING);
     const state = result?.states[slot.op];
     if (!state) throw new Error(`genericResponse: no store state for op ${slot.op}`);
     const over = !state.ok;
     // retryMs is -1 when the cost alone exceeds the limit: it never fits, so report the full reset.
     const untilMs = over && state.retryMs >= 0 ? state.retryMs : state.resetMs;
-    const st = status(
+    const st = descriptorStatus(
       over && !slot.shadow ? RateLimitResponse_Code.OVER_LIMIT : RateLimitResponse_Code.OK,
       over ? 0 : state.remaining,
-      rateLimit(slot.requestsPerUnit, slot.unit, slot.name),
+      rateLimit(slot.requestsPerUnit, RESPONSE_UNITS[slot.unit], slot.name),
       seconds(untilMs),
     );
     const enforcedOver = over && !slot.shadow;
@@ -298,16 +265,10 @@ export function genericResponse(
     }
     return st;
   });
-  const res = create(RateLimitResponseSchema, { overallCode: overall, statuses });
-  if (headers && binding?.currentLimit) {
-    res.responseHeadersToAdd = [
-      create(HeaderValueSchema, { key: headers.limit, value: String(binding.currentLimit.requestsPerUnit) }),
-      create(HeaderValueSchema, { key: headers.remaining, value: String(binding.limitRemaining) }),
-      create(HeaderValueSchema, {
-        key: headers.reset,
-        value: String(binding.durationUntilReset?.seconds ?? 0n),
-      }),
-    ];
-  }
-  return res;
+  if (!headers || !binding?.currentLimit) return rlsResponse(overall, statuses);
+  return rlsResponse(overall, statuses, [
+    headerValue(headers.limit, String(binding.currentLimit.requestsPerUnit)),
+    headerValue(headers.remaining, String(binding.limitRemaining)),
+    headerValue(headers.reset, String(binding.durationUntilReset?.seconds ?? 0n)),
+  ]);
 }

@@ -447,11 +447,19 @@ interface Located {
 /** Remaining against the configured limit (the store may hold limit - 1 for zero-cost checks). */
 const remainingOf = (l: Located): number => Math.max(0, l.meta.limit - l.state.used);
 
-/** The limit closest to exhaustion: least remaining share of its limit. */
-const binding = (items: Located[]): Located | undefined => {
+/**
+ * The limit closest to exhaustion (least remaining share of its limit), among those of a metric
+ * and/or scope when given: every decision runs this several times, so no filtered copies.
+ */
+const binding = (items: Located[], metric?: Metric, scope?: Scope): Located | undefined => {
   let best: Located | undefined;
   let bestShare = Number.POSITIVE_INFINITY;
   for (const it of items) {
+    if (
+      (metric !== undefined && it.meta.metric !== metric) ||
+      (scope !== undefined && it.meta.scope !== scope)
+    )
+      continue;
     const share = it.meta.limit <= 0 ? 0 : remainingOf(it) / it.meta.limit;
     if (share < bestShare) {
       best = it;
@@ -514,30 +522,30 @@ const advised = (l: Located): Located =>
     ? { meta: l.meta, state: { ...l.state, retryMs: Math.min(l.meta.retryAfterMs, l.state.retryMs) } }
     : l;
 
+const TOKEN_HEADERS = [
+  ['tokens', 'x-ratelimit-limit-tokens', 'x-ratelimit-remaining-tokens'],
+  ['tokens_in', 'x-ratelimit-limit-tokens-in', 'x-ratelimit-remaining-tokens-in'],
+  ['tokens_out', 'x-ratelimit-limit-tokens-out', 'x-ratelimit-remaining-tokens-out'],
+] as const;
+
 /** X-RateLimit-* and the per-metric x-ratelimit-* headers of the binding limits (contract §4). */
 function rateHeaders(windowOps: Located[], now: number): [string, string][] {
   const headers: [string, string][] = [];
-  const reqBinding = binding(windowOps.filter((l) => l.meta.metric === 'requests'));
+  const reqBinding = binding(windowOps, 'requests');
   if (reqBinding) {
-    const reset = String(secs(now + reqBinding.state.resetMs));
+    const limit = String(reqBinding.meta.limit);
+    const remaining = String(remainingOf(reqBinding));
     headers.push(
-      ['X-RateLimit-Limit', String(reqBinding.meta.limit)],
-      ['X-RateLimit-Remaining', String(remainingOf(reqBinding))],
-      ['X-RateLimit-Reset', reset],
-      ['x-ratelimit-limit-requests', String(reqBinding.meta.limit)],
-      ['x-ratelimit-remaining-requests', String(remainingOf(reqBinding))],
+      ['X-RateLimit-Limit', limit],
+      ['X-RateLimit-Remaining', remaining],
+      ['X-RateLimit-Reset', String(secs(now + reqBinding.state.resetMs))],
+      ['x-ratelimit-limit-requests', limit],
+      ['x-ratelimit-remaining-requests', remaining],
     );
   }
-  for (const [metric, suffix] of [
-    ['tokens', 'tokens'],
-    ['tokens_in', 'tokens-in'],
-    ['tokens_out', 'tokens-out'],
-  ] as const) {
-    const b = binding(windowOps.filter((l) => l.meta.metric === metric));
-    if (b) {
-      headers.push([`x-ratelimit-limit-${suffix}`, String(b.meta.limit)]);
-      headers.push([`x-ratelimit-remaining-${suffix}`, String(remainingOf(b))]);
-    }
+  for (const [metric, limitHeader, remainingHeader] of TOKEN_HEADERS) {
+    const b = binding(windowOps, metric);
+    if (b) headers.push([limitHeader, String(b.meta.limit)], [remainingHeader, String(remainingOf(b))]);
   }
   if (reqBinding) headers.push(['x-ratelimit-window', String(secs(reqBinding.meta.windowMs))]);
   return headers;
@@ -560,11 +568,6 @@ export function renderAdmission(
   const now = result.nowMs;
   const headers = rateHeaders(windowOps, now);
 
-  const statusScope: Record<DescriptorScope, Located[]> = {
-    none: [],
-    key: windowOps.filter((l) => l.meta.scope === 'key'),
-    model: windowOps.filter((l) => l.meta.scope === 'account_model'),
-  };
   const deniedScope: DescriptorScope | undefined = denied
     ? denied.meta.scope === 'key'
       ? 'key'
@@ -574,7 +577,11 @@ export function renderAdmission(
   const statuses = scopes.map((scope) => {
     if (scope === 'none') return { overLimit: false, remaining: 0 };
     if (denied && (scope === deniedScope || !anyCovers)) return statusFor(denied, true, limitName);
-    return statusFor(binding(statusScope[scope]), false, limitName);
+    return statusFor(
+      binding(windowOps, undefined, scope === 'key' ? 'key' : 'account_model'),
+      false,
+      limitName,
+    );
   });
 
   const requestHeaders: [string, string][] = generatedId ? [['x-ratelimit-request-id', adm.requestId]] : [];

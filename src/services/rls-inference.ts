@@ -1,16 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import { create } from '@bufbuild/protobuf';
-import { DurationSchema } from '@bufbuild/protobuf/wkt';
 import { Counter } from 'prom-client';
-import { HeaderValueSchema } from '../../gen/envoy/config/core/v3/base_pb.js';
 import {
   type RateLimitRequest,
   type RateLimitResponse,
   RateLimitResponse_Code,
-  RateLimitResponse_DescriptorStatusSchema,
   RateLimitResponse_RateLimit_Unit,
-  RateLimitResponse_RateLimitSchema,
-  RateLimitResponseSchema,
 } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import type { InferencePolicy } from '../config/inference.js';
 import { RkError } from '../errors.js';
@@ -28,8 +22,10 @@ import {
   precheck,
   renderAdmission,
   renderPolicyDenial,
+  type StatusOut,
   type Unit,
 } from '../policy/inference.js';
+import { descriptorStatus, durationOf, headerValue, rateLimit, rlsResponse } from '../policy/rls-messages.js';
 import { unpricedModel } from '../policy/usage.js';
 import { type DecisionResult, StoreUnavailableError } from '../store/store.js';
 import type { CallContext } from '../transport/types.js';
@@ -65,35 +61,26 @@ const UNIT: Record<Unit, RateLimitResponse_RateLimit_Unit> = {
   month: RateLimitResponse_RateLimit_Unit.MONTH,
 };
 
-const header = ([key, value]: [string, string]) => create(HeaderValueSchema, { key, value });
-const duration = (ms: number) =>
-  create(DurationSchema, { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 });
+const header = ([key, value]: [string, string]) => headerValue(key, value);
+const duration = (ms: number) => durationOf(BigInt(Math.floor(ms / 1000)), (ms % 1000) * 1_000_000);
 const utf8 = new TextEncoder();
 
-export function toResponse(o: Outcome): RateLimitResponse {
-  return create(RateLimitResponseSchema, {
-    overallCode: o.admitted ? RateLimitResponse_Code.OK : RateLimitResponse_Code.OVER_LIMIT,
-    statuses: o.statuses.map((s) =>
-      create(RateLimitResponse_DescriptorStatusSchema, {
-        code: s.overLimit ? RateLimitResponse_Code.OVER_LIMIT : RateLimitResponse_Code.OK,
-        ...(s.limit
-          ? {
-              currentLimit: create(RateLimitResponse_RateLimitSchema, {
-                name: s.limit.name,
-                requestsPerUnit: s.limit.requestsPerUnit,
-                unit: UNIT[s.limit.unit],
-              }),
-            }
-          : {}),
-        limitRemaining: s.remaining,
-        ...(s.durationMs !== undefined ? { durationUntilReset: duration(s.durationMs) } : {}),
-      }),
-    ),
-    responseHeadersToAdd: o.responseHeaders.map(header),
-    requestHeadersToAdd: o.requestHeaders.map(header),
-    ...(o.body !== undefined ? { rawBody: utf8.encode(o.body) } : {}),
-  });
-}
+const status = (s: StatusOut) =>
+  descriptorStatus(
+    s.overLimit ? RateLimitResponse_Code.OVER_LIMIT : RateLimitResponse_Code.OK,
+    s.remaining,
+    s.limit ? rateLimit(s.limit.requestsPerUnit, UNIT[s.limit.unit], s.limit.name) : undefined,
+    s.durationMs !== undefined ? duration(s.durationMs) : undefined,
+  );
+
+export const toResponse = (o: Outcome): RateLimitResponse =>
+  rlsResponse(
+    o.admitted ? RateLimitResponse_Code.OK : RateLimitResponse_Code.OVER_LIMIT,
+    o.statuses.map(status),
+    o.responseHeaders.map(header),
+    o.requestHeaders.map(header),
+    o.body !== undefined ? utf8.encode(o.body) : undefined,
+  );
 
 const allOk = (n: number): Outcome => ({
   admitted: true,
