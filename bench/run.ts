@@ -19,7 +19,7 @@ import {
   RateLimitResponseSchema,
 } from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import { writeBenchConfig } from './config.js';
-import { h2loadAvailable, runH2load } from './h2load.js';
+import { h2loadAvailable, runH2load, STAGGER_MAX_RPS } from './h2load.js';
 import type { LoadMessage, LoadResult, LoadSpec } from './loadgen.js';
 import {
   type Child,
@@ -634,20 +634,24 @@ const h2Target = (target: Target, req: RateLimitRequest, via: 'grpc' | 'http') =
 
 const h2Shape = (o: Options, load: H2Load) => {
   if (load.mode === 'half') return { connections: 1, streams: load.streams };
+  if (load.mode === 'paced') {
+    // Enough connections for at most STAGGER_MAX_RPS each: arrivals spread out (see runH2load).
+    const connections = Math.max(o.connections, Math.ceil(load.rate / STAGGER_MAX_RPS));
+    return {
+      connections,
+      streams: Math.max(1, Math.ceil((o.concurrency * 4) / connections)),
+      rpsPerConnection: Math.max(1, Math.round(load.rate / connections)),
+    };
+  }
   const connections = Math.max(1, o.connections);
-  const inFlight = load.mode === 'paced' ? o.concurrency * 4 : o.concurrency;
-  return {
-    connections,
-    streams: Math.max(1, Math.ceil(inFlight / connections)),
-    ...(load.mode === 'paced' ? { rpsPerConnection: Math.max(1, Math.round(load.rate / connections)) } : {}),
-  };
+  return { connections, streams: Math.max(1, Math.ceil(o.concurrency / connections)) };
 };
 
 /**
  * Latency at half of peak, closed loop: one connection with the fewest streams in flight (1, 2, 3, 5, 8, …)
- * whose rate reaches half the scenario's peak, found with short probes. The open-loop pass cannot say
- * this: h2load --rps ticks every 10 ms at most and sends a tick's requests at once, so its latency is
- * mostly queueing behind its own bursts (half of a 16k/s peak is 40 requests at once per connection).
+ * whose rate reaches half the scenario's peak, found with short probes. Beside the open-loop pass (many
+ * connections, arrivals spread out): requests that arrive together share the server's per-call costs
+ * (one read, one Redis call), so the two bracket what a fleet of proxies would see.
  */
 const halfLoadPass = async (
   ctx: Ctx,
