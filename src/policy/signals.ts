@@ -241,6 +241,21 @@ export interface SharedCounts {
   longHeld?: LongHeld;
 }
 
+/**
+ * Whether no per-key signal can trip: the newest bucket holds neither share (a share is held only
+ * from the newest bucket back) and nothing is counted (count rules need at least 1). Most decisions
+ * are of keys far from every threshold, and this runs on each of them.
+ */
+const quiet = (buckets: readonly Bucket[], s: SignalSettings, shared: SharedCounts): boolean => {
+  const newest = buckets[buckets.length - 1];
+  if (newest && (newest.requestShare >= s.requestRate.share || newest.tokenShare >= s.tokenRate.share))
+    return false;
+  if ((shared.expired?.count ?? 0) > 0 || (shared.earlyRetries?.count ?? 0) > 0) return false;
+  if ((shared.longHeld?.count ?? 0) > 0) return false;
+  for (const b of buckets) if (b.expired > 0 || b.earlyRetries > 0) return false;
+  return true;
+};
+
 /** The per-key signals that the key's buckets (oldest first) trip now. */
 export const evaluateKey = (
   buckets: readonly Bucket[],
@@ -248,6 +263,7 @@ export const evaluateKey = (
   nowMs: number,
   shared: SharedCounts = {},
 ): Trip[] => {
+  if (quiet(buckets, s, shared)) return [];
   const held = shared.longHeld;
   const longHeld =
     held && held.count > 0 && nowMs - held.atMs <= s.bucketMs

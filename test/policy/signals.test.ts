@@ -78,6 +78,21 @@ describe('evaluateKey', () => {
     expect(evaluateKey(b, d, T0 + 10 * M).map((t) => t.signal)).toEqual(['excessive_token_rate']);
   });
 
+  it('trips at exactly the share, and on store-wide counts when the local buckets count nothing', () => {
+    expect(evaluateKey(steady(0.9, 11), d, T0 + 10 * M).map((t) => t.signal)).toEqual([
+      'excessive_request_rate',
+    ]);
+    const quiet = steady(0.1, 2);
+    const shared = (count: number) => ({ count, windowMs: M, atMs: T0 + M });
+    expect(evaluateKey(quiet, d, T0 + M, { expired: shared(3) }).map((t) => t.signal)).toEqual([
+      'runaway_requests',
+    ]);
+    expect(evaluateKey(quiet, d, T0 + M, { earlyRetries: shared(30) }).map((t) => t.signal)).toEqual([
+      'retry_storm',
+    ]);
+    expect(evaluateKey(quiet, d, T0 + M, { expired: shared(0), earlyRetries: shared(0) })).toEqual([]);
+  });
+
   it('trips runaway and retry storm on counts over their windows', () => {
     const b = [{ ...emptyBucket(T0), expired: 3, earlyRetries: 30 }];
     expect(evaluateKey(b, d, T0 + 1000).map((t) => [t.signal, t.observed])).toEqual([
