@@ -59,6 +59,8 @@ export interface Options {
   profile: boolean;
   keys: number;
   tokens: number;
+  /** Extra Node/V8 flags for the server and the empty ceiling alike (e.g. --max-semi-space-size=4). */
+  serverNodeOptions: string[];
   out: string;
 }
 
@@ -73,6 +75,8 @@ const USAGE = `npm run bench -- [options]   (each option also as env BENCH_<NAME
   --no-h2load        skip the h2load passes
   --no-paced         skip the paced pass at 50% of peak
   --profile          run the server under --cpu-prof and summarize the hot path
+  --server-node-options "FLAGS"
+                     Node/V8 flags for the server and the empty ceiling (same runtime for a fair ratio)
   --out DIR          where the JSON goes (default bench/results)
 `;
 
@@ -90,6 +94,7 @@ export const parseOptions = (argv: string[], env: NodeJS.ProcessEnv = process.en
       'no-h2load': { type: 'boolean' },
       'no-paced': { type: 'boolean' },
       profile: { type: 'boolean' },
+      'server-node-options': { type: 'string' },
       out: { type: 'string' },
       help: { type: 'boolean' },
     },
@@ -124,6 +129,9 @@ export const parseOptions = (argv: string[], env: NodeJS.ProcessEnv = process.en
     profile: flag('profile', values.profile),
     keys: Math.round(num('keys', values.keys, 10_000)),
     tokens: Math.round(num('tokens', values.tokens, 512)),
+    serverNodeOptions: (values['server-node-options'] ?? env.BENCH_SERVER_NODE_OPTIONS ?? '')
+      .split(/\s+/)
+      .filter(Boolean),
     out: values.out ?? env.BENCH_OUT ?? 'bench/results',
   };
 };
@@ -364,6 +372,7 @@ const waitReady = async (child: Child, address: string, req: RateLimitRequest): 
 };
 
 const startRatekeeper = async (
+  nodeOptions: string[],
   configDir: string,
   req: RateLimitRequest,
   redis: BenchRedis | undefined,
@@ -372,6 +381,7 @@ const startRatekeeper = async (
   const [port, httpPort, metricsPort] = [await freePort(), await freePort(), await freePort()];
   const args = [
     ...process.execArgv,
+    ...nodeOptions,
     ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []),
     sibling(import.meta.url, '../src/cli'),
     'serve',
@@ -403,10 +413,11 @@ const startRatekeeper = async (
   };
 };
 
-const startEmpty = async (req: RateLimitRequest): Promise<Target> => {
+const startEmpty = async (nodeOptions: string[], req: RateLimitRequest): Promise<Target> => {
   const port = await freePort();
   const child = startChild(process.execPath, [
     ...process.execArgv,
+    ...nodeOptions,
     sibling(import.meta.url, './empty-server'),
     String(port),
   ]);
@@ -782,7 +793,13 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
   log(`scenario ${id}: ${s.title}`);
   if (redis) await redis.admin.flushall();
   const profileDir = ctx.o.profile ? join(ctx.dir, `profile-${id}`) : undefined;
-  const target = await startRatekeeper(configDir, req, s.store === 'redis' ? redis : undefined, profileDir);
+  const target = await startRatekeeper(
+    ctx.o.serverNodeOptions,
+    configDir,
+    req,
+    s.store === 'redis' ? redis : undefined,
+    profileDir,
+  );
   const usesRedis = s.store === 'redis' ? redis : undefined;
   if (!target.limited)
     ctx.notes.push(`(${id}): the server applied no limit to the bench request: this measures a no-op answer`);
@@ -821,7 +838,7 @@ const emptyCeiling = async (ctx: Ctx) => {
   log(title);
   const shape: RequestShape = { kind: 'generic' };
   const req = buildRequests(shape)[0] as RateLimitRequest;
-  const target = await startEmpty(req);
+  const target = await startEmpty(ctx.o.serverNodeOptions, req);
   try {
     ctx.passes.push(await nodePass(ctx, 'empty', title, target, undefined, shape, 'grpc'));
     if (ctx.h2load)

@@ -38,6 +38,8 @@ describe('bench harness', () => {
       '8',
       '--no-h2load',
       '--no-paced',
+      // Reaches the server and the empty ceiling: an unknown flag would stop both from starting.
+      '--server-node-options=--max-semi-space-size=4 --stack-size=2000',
       '--out',
       out,
     ]);
@@ -53,6 +55,7 @@ describe('bench harness', () => {
     const files = readdirSync(out).filter((f) => f.endsWith('.json'));
     expect(files).toHaveLength(1);
     const json = JSON.parse(readFileSync(join(out, files[0] as string), 'utf8')) as {
+      options: { serverNodeOptions: string[] };
       passes: {
         scenario: string;
         decisions: number;
@@ -60,6 +63,7 @@ describe('bench harness', () => {
         errors: Record<string, number>;
       }[];
     };
+    expect(json.options.serverNodeOptions).toEqual(['--max-semi-space-size=4', '--stack-size=2000']);
     const a = json.passes.find((p) => p.scenario === 'a');
     expect(a?.decisions).toBeGreaterThan(0);
     expect(a?.serverCpuMsPer1k).toBeGreaterThan(0);
