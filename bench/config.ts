@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BENCH_MODEL, GENERIC_DOMAIN, INFERENCE_DOMAIN } from './requests.js';
 
@@ -50,4 +50,14 @@ export const writeBenchConfig = (dir: string): string => {
   writeFileSync(join(path, 'bench.yaml'), GENERIC);
   writeFileSync(join(path, 'policy.yaml'), POLICY);
   return path;
+};
+
+/**
+ * The Node flags the image runs the server with (deploy/Dockerfile's `ENV NODE_OPTIONS=`), so the bench
+ * measures the shipped runtime by default; none when the file or the line is missing.
+ */
+export const imageNodeOptions = (dockerfile = 'deploy/Dockerfile'): string[] => {
+  if (!existsSync(dockerfile)) return [];
+  const m = /^ENV NODE_OPTIONS=(.*)$/m.exec(readFileSync(dockerfile, 'utf8'));
+  return (m?.[1] ?? '').replace(/^"|"$/g, '').split(/\s+/).filter(Boolean);
 };

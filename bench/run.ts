@@ -18,7 +18,7 @@ import {
   RateLimitResponse_Code,
   RateLimitResponseSchema,
 } from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
-import { writeBenchConfig } from './config.js';
+import { imageNodeOptions, writeBenchConfig } from './config.js';
 import { h2loadAvailable, runH2load, STAGGER_MAX_RPS } from './h2load.js';
 import type { LoadMessage, LoadResult, LoadSpec } from './loadgen.js';
 import {
@@ -76,7 +76,8 @@ const USAGE = `npm run bench -- [options]   (each option also as env BENCH_<NAME
   --no-paced         skip the paced pass at 50% of peak
   --profile          run the server under --cpu-prof and summarize the hot path
   --server-node-options "FLAGS"
-                     Node/V8 flags for the server and the empty ceiling (same runtime for a fair ratio)
+                     Node/V8 flags for the server and the empty ceiling, for a fair ratio (default: the
+                     image's, deploy/Dockerfile ENV NODE_OPTIONS; "" for Node's defaults)
   --out DIR          where the JSON goes (default bench/results)
 `;
 
@@ -129,7 +130,11 @@ export const parseOptions = (argv: string[], env: NodeJS.ProcessEnv = process.en
     profile: flag('profile', values.profile),
     keys: Math.round(num('keys', values.keys, 10_000)),
     tokens: Math.round(num('tokens', values.tokens, 512)),
-    serverNodeOptions: (values['server-node-options'] ?? env.BENCH_SERVER_NODE_OPTIONS ?? '')
+    serverNodeOptions: (
+      values['server-node-options'] ??
+      env.BENCH_SERVER_NODE_OPTIONS ??
+      imageNodeOptions().join(' ')
+    )
       .split(/\s+/)
       .filter(Boolean),
     out: values.out ?? env.BENCH_OUT ?? 'bench/results',

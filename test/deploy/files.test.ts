@@ -9,6 +9,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { imageNodeOptions } from '../../bench/config.js';
 import { DEFAULT_PEPPER_ENV } from '../../src/config/inference.js';
 import { loadConfig } from '../../src/config/load.js';
 import { type DenyCode, httpStatus } from '../../src/policy/inference.js';
@@ -425,6 +426,18 @@ describe('Kubernetes agrees with the server', () => {
     }
     const preStop = Number(get(container, 'lifecycle', 'preStop', 'sleep', 'seconds'));
     expect(Number(pod['terminationGracePeriodSeconds'])).toBeGreaterThan(preStop + settings.drainTimeout);
+  });
+
+  it("NODE_OPTIONS keeps the image's flags (it replaces the image's value), which the bench measures", () => {
+    const image = imageNodeOptions(at('deploy', 'Dockerfile'));
+    expect(image.length).toBeGreaterThan(0);
+    const value = String(
+      get(
+        env.find((e) => e['name'] === 'NODE_OPTIONS'),
+        'value',
+      ),
+    ).split(/\s+/);
+    for (const flag of image) expect(value).toContain(flag);
   });
 
   it('every environment variable is one the server reads; secrets come from the Secret', () => {
