@@ -260,19 +260,21 @@ export function planAdmission(
   const month = { windowMs: periods.monthEndMs - periods.monthStartMs, window: 'month' as const };
   const day = { windowMs: periods.dayEndMs - periods.dayStartMs, window: 'day' as const };
   const budget = (
-    key: string,
     limit: number | undefined,
+    key: (account: string, ref: string, period: string) => string,
     metric: Metric,
     span: typeof month | typeof day,
   ) => {
+    // Named only when limited: a budget key re-encodes the key's reference (no cache, unlike the rest).
     if (limit === undefined) return;
-    const periodEndMs = span === month ? periods.monthEndMs : periods.dayEndMs;
-    ops.push({ kind: 'budget', key, limit, periodEndMs });
+    const [period, periodEndMs] =
+      span === month ? [periods.month, periods.monthEndMs] : [periods.day, periods.dayEndMs];
+    ops.push({ kind: 'budget', key: key(a, p.ref, period), limit, periodEndMs });
     meta.push({ metric, scope: 'key', limit, cost: 0, ...span });
   };
-  budget(K.monthlyTokens(a, p.ref, periods.month), p.caps.monthlyTokens, 'monthly_tokens', month);
-  budget(K.monthlySpend(a, p.ref, periods.month), p.caps.monthlySpendMicros, 'monthly_spend', month);
-  budget(K.dailySpend(a, p.ref, periods.day), p.caps.dailySpendMicros, 'daily_spend', day);
+  budget(p.caps.monthlyTokens, K.monthlyTokens, 'monthly_tokens', month);
+  budget(p.caps.monthlySpendMicros, K.monthlySpend, 'monthly_spend', month);
+  budget(p.caps.dailySpendMicros, K.dailySpend, 'daily_spend', day);
 
   ops.push({
     kind: 'slot',
@@ -504,7 +506,24 @@ const statusFor = (l: Located | undefined, overLimit: boolean, name: (m: OpMeta)
   };
 };
 
-const limitName = (m: OpMeta) => `${m.scope}:${m.metric}`;
+const METRICS: readonly Metric[] = [
+  'requests',
+  'tokens',
+  'tokens_in',
+  'tokens_out',
+  'concurrency',
+  'monthly_tokens',
+  'monthly_spend',
+  'daily_spend',
+];
+/** `scope:metric` status names, built once: a template string per answer is a rope the encoder must flatten. */
+const LIMIT_NAMES = Object.fromEntries(
+  (['key', 'account_model'] as const).map((scope) => [
+    scope,
+    Object.fromEntries(METRICS.map((metric) => [metric, `${scope}:${metric}`])),
+  ]),
+) as Record<Scope, Record<Metric, string>>;
+const limitName = (m: OpMeta): string => LIMIT_NAMES[m.scope][m.metric];
 
 const locate = (adm: Admission, result: DecisionResult) => {
   const located: Located[] = adm.meta.map((meta, i) => ({ meta, state: result.states[i]! }));
