@@ -17,6 +17,7 @@ import {
   type sendUnaryData,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
+import { fastDecoderFor } from './fast-decode.js';
 import { asBuffer, fastEncoderFor } from './fast-encode.js';
 import { addReflection } from './reflection.js';
 import { failure, toGrpcError } from './status.js';
@@ -39,7 +40,9 @@ export const grpcServiceDefinition = (service: DescService): ServiceDefinition =
     if (m.methodKind !== 'unary' && m.methodKind !== 'server_streaming') {
       throw new Error(`${service.typeName}/${m.name}: ${m.methodKind} methods are not supported`);
     }
-    // Hot-path responses (RateLimitResponse) have a hand-written encoder; the rest go through toBinary.
+    // The hot path's messages (RateLimitRequest, RateLimitResponse) are read and written by hand; the rest
+    // go through fromBinary / toBinary.
+    const decode = fastDecoderFor(m.input) ?? ((buf: Buffer) => fromBinary(m.input, buf));
     const encode = fastEncoderFor(m.output) ?? ((msg: Message) => asBuffer(toBinary(m.output, msg)));
     def[m.localName] = {
       path: `/${service.typeName}/${m.name}`,
@@ -47,7 +50,7 @@ export const grpcServiceDefinition = (service: DescService): ServiceDefinition =
       responseStream: m.methodKind === 'server_streaming',
       originalName: m.localName,
       requestSerialize: (msg) => asBuffer(toBinary(m.input, msg as Message)),
-      requestDeserialize: (buf) => fromBinary(m.input, buf),
+      requestDeserialize: decode,
       // Handlers may answer with an init shape (as Connect allows): complete it into a message.
       responseSerialize: (msg) =>
         encode(isMessage(msg, m.output) ? msg : create(m.output, msg as Record<string, unknown>)),
