@@ -40,6 +40,17 @@ export const inferenceDecisions = new Counter({
   registers: [registry],
 });
 
+/** Labelled children by answer, resolved once (a label lookup hashes the label set on every call). */
+const decisionsByCode = new Map<string, { inc(): void }>();
+const countDecision = (code: string): void => {
+  let c = decisionsByCode.get(code);
+  if (!c) {
+    c = inferenceDecisions.labels({ code });
+    decisionsByCode.set(code, c);
+  }
+  c.inc();
+};
+
 export const leaseExpiries = new Counter({
   name: 'ratekeeper_expired_slot_leases_total',
   help: 'Requests whose concurrency slot leases were freed because no Debit or Release came in time (runaway/hung requests); once per request, whatever slots it held.',
@@ -230,7 +241,7 @@ export async function decideInference(
     const result = await deps.store.decide(dry.decision).catch(storeDown);
     const state = result ? { adm: dry, result } : undefined;
     const o = renderPolicyDenial(denial, parsed.scopes, generated, state);
-    inferenceDecisions.inc({ code: denial.code });
+    countDecision(denial.code);
     emit(deps, p, llm, requestId, o, result?.nowMs ?? deps.store.now(), state);
     return toResponse(o);
   }
@@ -238,7 +249,7 @@ export async function decideInference(
   const adm = planAdmission(policy, p, llm, deps.store.now(), requestId);
   const result = await deps.store.decide(adm.decision);
   const o = renderAdmission(adm, result, parsed.scopes, generated !== undefined);
-  inferenceDecisions.inc({ code: o.code ?? 'OK' });
+  countDecision(o.code ?? 'OK');
   // The decision first: it carries the held slots as they are after the expiries were freed, so the
   // runaway signal never counts a slot both as long-held and as expired.
   emit(deps, p, llm, requestId, o, result.nowMs, { adm, result });

@@ -95,6 +95,24 @@ describe('inference domain over real sockets', () => {
     expect(again.overallCode).toBe(OK);
   });
 
+  it('counts admissions and denials by answer in the metrics', async () => {
+    const count = async (code: string): Promise<number> => {
+      const text = await (await fetch(server.metricsUrl)).text();
+      const m = new RegExp(`ratekeeper_inference_decisions_total\\{code="${code}"\\} (\\d+)`).exec(text);
+      return m ? Number(m[1]) : 0;
+    };
+    const [ok0, denied0] = [await count('OK'), await count('CONCURRENT_LIMIT_EXCEEDED')];
+    for (let i = 0; i < 6; i++) {
+      await rls.shouldRateLimit({
+        domain: 'inference',
+        descriptors: [d({ key: 'k-metrics' }), d({ key: 'k-metrics', model: 'm-b', request_id: `mx${i}` })],
+      });
+    }
+    // The tier admits five requests at once (see the first test): the sixth is denied.
+    expect(await count('OK')).toBe(ok0 + 5);
+    expect(await count('CONCURRENT_LIMIT_EXCEEDED')).toBe(denied0 + 1);
+  });
+
   it('Debit and Release over Connect JSON on the HTTP port', async () => {
     const client = connectClient(UsageService, server.httpUrl, 'connect-json');
     await rls.shouldRateLimit({
