@@ -45,9 +45,9 @@ export function inferenceHooks(
         ref: e.keyRef,
         admitted: e.admitted,
         retryMs: e.retryMs ?? 0,
-        ...(requestShare !== undefined ? { requestShare } : {}),
-        ...(tokenShare !== undefined ? { tokenShare } : {}),
-        ...(e.held ? { longHeld: { count: e.held.long, oldestMs: e.held.oldestMs } } : {}),
+        requestShare,
+        tokenShare,
+        longHeld: e.held ? { count: e.held.long, oldestMs: e.held.oldestMs } : undefined,
       });
     },
     onLeaseExpired(e) {

@@ -120,41 +120,41 @@ const emit = (
   if (!hook) return;
   const limits: LimitUsage[] = [];
   let held: { oldestMs: number; long: number } | undefined;
-  const adm = state?.adm;
-  const result = state?.result;
-  if (adm && result) {
-    adm.meta.forEach((m, i) => {
+  if (state) {
+    const { adm, result } = state;
+    for (let i = 0; i < adm.meta.length; i++) {
+      const m = adm.meta[i]!;
       const st = result.states[i]!;
       if (m.metric === 'concurrency' && m.scope === 'key' && st.heldMs !== undefined)
         held = { oldestMs: st.heldMs, long: st.longHeld ?? 0 };
-      if (!m.unlimited) {
+      if (!m.unlimited)
         limits.push({
           metric: m.metric,
           scope: m.scope,
           limit: m.limit,
-          used: result.states[i]!.used,
+          used: st.used,
           windowMs: m.windowMs,
         });
-      }
-    });
+    }
   }
   try {
+    // One object of one shape, optional fields undefined when absent: this runs on every decision.
     hook({
       atMs,
       keyRef: p.ref,
-      ...(p.keyId !== undefined ? { keyId: p.keyId } : {}),
+      keyId: p.keyId,
       account: p.account,
       tier: p.tier,
-      ...(req.model !== undefined ? { model: req.model } : {}),
+      model: req.model,
       requestId,
       admitted: o.admitted,
-      ...(o.code !== undefined ? { code: o.code } : {}),
-      ...(o.deniedMeta ? { denied: { metric: o.deniedMeta.metric, scope: o.deniedMeta.scope } } : {}),
+      code: o.code,
+      denied: o.deniedMeta ? { metric: o.deniedMeta.metric, scope: o.deniedMeta.scope } : undefined,
       // A limit's Retry-After as sent (the retry-storm signal compares retries with it); a policy
       // denial has none.
-      ...(o.retryMs !== undefined ? { retryMs: o.retryMs } : {}),
+      retryMs: o.retryMs,
       limits,
-      ...(held ? { held } : {}),
+      held,
     });
   } catch (e) {
     deps.log.error({ err: e }, 'onDecision hook failed');
