@@ -838,32 +838,51 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
   else if (s.scriptCeiling) ctx.notes.push(`(${id}): no script call seen by MONITOR; no script ceiling`);
 };
 
-const emptyCeiling = async (ctx: Ctx) => {
-  const title = 'ceiling: empty grpc-js server, constant OK';
+/**
+ * The empty server, before the scenarios (peak and latency passes) and, with `again`, once more after
+ * them (peak passes only): the machine's speed drifts within minutes, so the ratios use both.
+ */
+const emptyCeiling = async (ctx: Ctx, again = false) => {
+  const title = again
+    ? 'ceiling: empty grpc-js server, again after the scenarios'
+    : 'ceiling: empty grpc-js server, constant OK';
   log(title);
   const shape: RequestShape = { kind: 'generic' };
   const req = buildRequests(shape)[0] as RateLimitRequest;
   const target = await startEmpty(ctx.o.serverNodeOptions, req);
+  const first = ctx.passes.length;
   try {
     ctx.passes.push(await nodePass(ctx, 'empty', title, target, undefined, shape, 'grpc'));
     if (ctx.h2load)
       ctx.passes.push(await h2Pass(ctx, 'empty', title, target, undefined, req, 'grpc', { mode: 'peak' }));
-    if (ctx.o.paced) {
+    if (ctx.o.paced && !again) {
       await pacedPass(ctx, 'empty', title, target, undefined, shape, 'grpc', true);
       if (ctx.h2load) await halfLoadPass(ctx, 'empty', title, target, undefined, req, 'grpc');
     }
   } finally {
     const rss = peakRssMb(target.pid);
     await target.stop();
-    for (const p of ctx.passes) if (p.scenario === 'empty') p.peakRssMb = rss;
+    for (const p of ctx.passes.slice(first)) p.peakRssMb = rss;
   }
 };
 
-/** Ratios to the ceiling measured by the same driver (a Node client against a Node client's ceiling). */
-const addRatios = (passes: Pass[]) => {
-  const emptyBy = new Map(
-    passes.filter((p) => p.scenario === 'empty' && p.mode === 'peak').map((p) => [p.driver, p.rate]),
-  );
+/**
+ * Ratios to the ceiling measured by the same driver (a Node client against a Node client's ceiling),
+ * the mean of its peak passes before and after the scenarios; a note gives their spread.
+ */
+const addRatios = (passes: Pass[], notes: string[]) => {
+  const rates = new Map<Driver, number[]>();
+  for (const p of passes)
+    if (p.scenario === 'empty' && p.mode === 'peak')
+      rates.set(p.driver, [...(rates.get(p.driver) ?? []), p.rate]);
+  const emptyBy = new Map<Driver, number>();
+  for (const [driver, r] of rates) {
+    emptyBy.set(driver, r.reduce((a, b) => a + b, 0) / r.length);
+    if (r.length > 1)
+      notes.push(
+        `empty server (${driver}) before / after the scenarios: ${r.map((x) => Math.round(x)).join(' / ')} per s (${Math.round((100 * (Math.max(...r) - Math.min(...r))) / Math.min(...r))}% apart); ratios use their mean`,
+      );
+  }
   const script = (id: string) => peakOf(passes, `script:${id}`);
   for (const p of passes) {
     if (p.mode !== 'peak' || p.scenario === 'empty' || p.scenario.startsWith('script:')) continue;
@@ -895,10 +914,11 @@ export const main = async (argv: string[]): Promise<number> => {
         for (const f of profilesIn(join(dir, `profile-${id}`)))
           profiles.push({ scenario: id, summary: summarizeProfile(f) });
     }
+    await emptyCeiling(ctx, true);
   } finally {
     await redis?.stop();
   }
-  addRatios(ctx.passes);
+  addRatios(ctx.passes, ctx.notes);
   const load1 = loadavg();
   const report = {
     startedAt: startedAt.toISOString(),

@@ -56,7 +56,12 @@ describe('bench harness', () => {
     expect(files).toHaveLength(1);
     const json = JSON.parse(readFileSync(join(out, files[0] as string), 'utf8')) as {
       options: { serverNodeOptions: string[] };
+      notes: string[];
       passes: {
+        driver: string;
+        mode: string;
+        rate: number;
+        vsEmpty?: number;
         scenario: string;
         decisions: number;
         serverCpuMsPer1k: number;
@@ -64,7 +69,15 @@ describe('bench harness', () => {
       }[];
     };
     expect(json.options.serverNodeOptions).toEqual(['--max-semi-space-size=4', '--stack-size=2000']);
+    // The empty server is measured before and after the scenarios; the ratio is to their mean.
+    const empties = json.passes.filter((p) => p.scenario === 'empty' && p.mode === 'peak');
+    expect(empties).toHaveLength(2);
+    expect(json.notes.some((n) => n.startsWith('empty server (grpc-js) before / after the scenarios:'))).toBe(
+      true,
+    );
     const a = json.passes.find((p) => p.scenario === 'a');
+    const mean = (empties[0]!.rate + empties[1]!.rate) / 2;
+    expect(a?.vsEmpty).toBeCloseTo((a?.rate ?? 0) / mean, 6);
     expect(a?.decisions).toBeGreaterThan(0);
     expect(a?.serverCpuMsPer1k).toBeGreaterThan(0);
     expect(a?.errors).toEqual({});
