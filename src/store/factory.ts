@@ -15,15 +15,13 @@ import {
   StoreUnavailableError,
 } from './store.js';
 
-const DEFAULT_COMMAND_TIMEOUT_MS = 50;
-
 export type StoreSettings = (
   | { kind: 'memory' }
   | { kind: 'redis'; url: string }
   | { kind: 'cluster'; nodes: string[] }
   | { kind: 'sentinel'; sentinels: string[]; name: string }
 ) & {
-  /** Deadline of a limiter call, so a hung Redis never hangs Envoy (default 50). */
+  /** Per-command deadline, so a hung Redis never hangs Envoy (default 50). */
   commandTimeoutMs?: number;
   /** Key namespace (default `rk:`). */
   prefix?: string;
@@ -43,18 +41,11 @@ const hostPort = (s: string): { host: string; port: number } => {
   return { host: s.slice(0, i), port: Number(s.slice(i + 1)) };
 };
 
-/**
- * A command nobody answers fails after this many times the limiter's deadline (at least 1 s): the
- * limiter store enforces its own, reply-aware deadline (RedisStore's commandTimeoutMs); this one is the
- * backstop for every command, the limiter's and the others' sent on this client.
- */
-const BACKSTOP_FACTOR = 10;
-
 /** Fail fast (no offline queue, no retries of a sent command) and reconnect forever in the background. */
 const clientOptions = (commandTimeoutMs: number): RedisOptions => ({
   enableOfflineQueue: false,
   enableAutoPipelining: true,
-  commandTimeout: Math.max(1_000, commandTimeoutMs * BACKSTOP_FACTOR),
+  commandTimeout: commandTimeoutMs,
   maxRetriesPerRequest: 0,
   connectTimeout: 2_000,
   retryStrategy: (times) => Math.min(50 * times, 1_000),
@@ -66,10 +57,7 @@ export function createStore(settings: StoreSettings): StoreHandle {
     return { limiter, ready: async () => true, close: () => limiter.close() };
   }
   const redis = connectRedis(settings);
-  const limiter = new RedisStore(redis, {
-    commandTimeoutMs: settings.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS,
-    ...(settings.prefix === undefined ? {} : { prefix: settings.prefix }),
-  });
+  const limiter = new RedisStore(redis, settings.prefix === undefined ? {} : { prefix: settings.prefix });
   return {
     limiter,
     redis,
@@ -83,7 +71,7 @@ export function createStore(settings: StoreSettings): StoreHandle {
 
 /** The ioredis client for Redis settings, connecting in the background. */
 export function connectRedis(settings: Exclude<StoreSettings, { kind: 'memory' }>): Redis | Cluster {
-  const options = clientOptions(settings.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS);
+  const options = clientOptions(settings.commandTimeoutMs ?? 50);
   let redis: Redis | Cluster;
   if (settings.kind === 'redis') {
     redis = new Redis(settings.url, options);

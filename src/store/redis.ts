@@ -84,18 +84,12 @@ export interface RedisStoreOptions {
   clockRefreshMs?: number;
   /** The local clock that offset corrects (default Date.now; tests skew it). */
   localClock?: () => number;
-  /**
-   * Deadline of a script call, after which it fails as the store being unavailable (none by default:
-   * the client's own timeout). See `withDeadline` for how it differs from ioredis's commandTimeout.
-   */
-  commandTimeoutMs?: number;
 }
 
 export class RedisStore implements LimiterStore {
   readonly prefix: string;
   private readonly testClock: (() => number) | undefined;
   private readonly localClock: () => number;
-  private readonly commandTimeoutMs: number | undefined;
   private readonly isCluster: boolean;
   private readonly timer: NodeJS.Timeout;
   private readonly onReady: () => void;
@@ -114,7 +108,6 @@ export class RedisStore implements LimiterStore {
     this.prefix = options.prefix ?? 'rk:';
     this.testClock = options.testClock;
     this.localClock = options.localClock ?? Date.now;
-    this.commandTimeoutMs = options.commandTimeoutMs;
     this.isCluster = client instanceof Cluster;
     this.onReady = (): void => {
       this.failing = false;
@@ -354,10 +347,11 @@ export class RedisStore implements LimiterStore {
     binary = false,
   ): Promise<number[]> {
     const client = this.client as unknown as Flattening;
-    const call = async (): Promise<unknown> => {
+    try {
+      let reply: unknown;
       try {
         // ioredis flattens array arguments: no spread copies of keys and args.
-        return await (binary ? client.evalshaBuffer : client.evalsha).call(
+        reply = await (binary ? client.evalshaBuffer : client.evalsha).call(
           client,
           script.sha,
           keys.length,
@@ -367,41 +361,19 @@ export class RedisStore implements LimiterStore {
       } catch (err) {
         // Flushed, restarted or failed-over node: EVAL runs the script and caches it there again.
         if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
-        return (binary ? client.evalBuffer : client.eval).call(client, script.lua, keys.length, keys, args);
+        reply = await (binary ? client.evalBuffer : client.eval).call(
+          client,
+          script.lua,
+          keys.length,
+          keys,
+          args,
+        );
       }
-    };
-    try {
-      const reply = await this.withDeadline(call());
       this.failing = false;
       return reply as number[];
     } catch (err) {
       throw this.classify(err);
     }
-  }
-
-  /**
-   * Fails `p` after commandTimeoutMs, but only once the I/O already waiting has been read. ioredis's
-   * commandTimeout fires in the event loop's timer phase, before the poll phase reads the socket: after
-   * one long turn (a saturated server) it failed calls whose replies were already there, answering them
-   * by the failure mode although Redis had decided them. Deferred to the check phase (setImmediate),
-   * which runs after the poll phase, a reply that has arrived wins.
-   */
-  private withDeadline<T>(p: Promise<T>): Promise<T> {
-    const ms = this.commandTimeoutMs;
-    if (ms === undefined) return p;
-    return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => setImmediate(() => reject(new Error('Command timed out'))), ms);
-      p.then(
-        (v) => {
-          clearTimeout(timer);
-          resolve(v);
-        },
-        (err: unknown) => {
-          clearTimeout(timer);
-          reject(err);
-        },
-      );
-    });
   }
 
   /** A transient failure becomes StoreUnavailableError (and the store unhealthy); others are bugs. */

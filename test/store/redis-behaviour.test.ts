@@ -285,10 +285,7 @@ describe('redis store', () => {
     const d: Decision = { ops: [win('{hung}:w', 100)], atomic: true };
     expect((await handle.limiter.decide(d)).admitted).toBe(true);
     server.pause();
-    const started = Date.now();
     await expect(handle.limiter.decide(d)).rejects.toBeInstanceOf(StoreUnavailableError);
-    // The store's 50 ms deadline, not the client's backstop (1 s).
-    expect(Date.now() - started).toBeLessThan(500);
     const closed = withFailureMode(handle.limiter, 'closed', { onFailure: () => {} });
     await expect(closed.decide(d)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
     expect(closed.serving()).toBe(false);
@@ -297,29 +294,6 @@ describe('redis store', () => {
     await until(() => handle.limiter.healthy(), 'recovery');
     expect(closed.serving()).toBe(true);
     expect((await handle.limiter.decide(d)).admitted).toBe(true);
-  });
-
-  it('a reply that arrived during a long event-loop turn beats the deadline', async () => {
-    const handle = createStore({ kind: 'redis', url, prefix: uniquePrefix(), commandTimeoutMs: 50 });
-    onTestFinished(() => handle.close());
-    expect(await handle.ready()).toBe(true);
-    const d: Decision = { ops: [win('{turn}:w', 100)], atomic: true };
-    expect((await handle.limiter.decide(d)).admitted).toBe(true);
-    const sent = (handle.redis as unknown as { commandQueue: { length: number } }).commandQueue;
-    for (let i = 0; i < 3; i++) {
-      const pending = handle.limiter.decide(d);
-      // Once the call is on the wire (ioredis's queue of sent commands), the loop is busy for twice the
-      // deadline while Redis answers.
-      while (sent.length === 0) await new Promise(setImmediate);
-      const busyUntil = Date.now() + 100;
-      while (Date.now() < busyUntil) {
-        // A saturated server's long turn.
-      }
-      const r = await pending;
-      expect(r.admitted).toBe(true);
-      expect(r.states[0]!.used).toBe(i + 2);
-    }
-    expect(handle.limiter.healthy()).toBe(true);
   });
 
   it('a script error is a bug, not an outage', async () => {
