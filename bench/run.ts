@@ -686,8 +686,7 @@ const halfLoadPass = async (
   for (; streams < ctx.o.concurrency; streams = streams < 2 ? 2 : Math.round(streams * 1.5)) {
     const probe = await runH2load({
       ...h2Target(target, req, via),
-      connections: 1,
-      streams,
+      ...h2Shape(ctx.o, { mode: 'half', streams }),
       warmupS: 1,
       durationS: 2,
       dir: ctx.dir,

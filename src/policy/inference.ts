@@ -506,21 +506,14 @@ const statusFor = (l: Located | undefined, overLimit: boolean, name: (m: OpMeta)
   };
 };
 
-const METRICS: readonly Metric[] = [
-  'requests',
-  'tokens',
-  'tokens_in',
-  'tokens_out',
-  'concurrency',
-  'monthly_tokens',
-  'monthly_spend',
-  'daily_spend',
-];
-/** `scope:metric` status names, built once: a template string per answer is a rope the encoder must flatten. */
+/**
+ * `scope:metric` status names, built once: a template string per answer is a rope the encoder must
+ * flatten. CODE_OF names every metric (its type requires it).
+ */
 const LIMIT_NAMES = Object.fromEntries(
   (['key', 'account_model'] as const).map((scope) => [
     scope,
-    Object.fromEntries(METRICS.map((metric) => [metric, `${scope}:${metric}`])),
+    Object.fromEntries(Object.keys(CODE_OF).map((metric) => [metric, `${scope}:${metric}`])),
   ]),
 ) as Record<Scope, Record<Metric, string>>;
 const limitName = (m: OpMeta): string => LIMIT_NAMES[m.scope][m.metric];

@@ -171,7 +171,7 @@ export class RedisStore implements LimiterStore {
       args.push(c.amount, Math.max(1, Math.ceil(c.ttlMs)), num(c.limit), c.periodEndMs);
     }
     this.assertOneSlot(keys, 'settle');
-    const r = await this.run(SCRIPTS.settle, keys, args);
+    const r = await this.run<number[]>(SCRIPTS.settle, keys, args);
     const states = (from: number, n: number): OpState[] =>
       Array.from({ length: n }, (_, i) => state(r, from + i * 5));
     return {
@@ -184,8 +184,8 @@ export class RedisStore implements LimiterStore {
   }
 
   async release(reservationKey: string): Promise<boolean> {
-    const r = await this.run(SCRIPTS.release, [this.prefix + reservationKey], [this.clockArg()]);
-    return (r as unknown as number) === 1;
+    const r = await this.run<number>(SCRIPTS.release, [this.prefix + reservationKey], [this.clockArg()]);
+    return r === 1;
   }
 
   private runDecide(d: Decision, idx: number[]): Promise<number[]> {
@@ -259,7 +259,7 @@ export class RedisStore implements LimiterStore {
     }
     let replies: (Buffer | Error)[];
     try {
-      replies = (await this.run(SCRIPTS.decide, keys, args, true)) as unknown as (Buffer | Error)[];
+      replies = await this.run<(Buffer | Error)[]>(SCRIPTS.decide, keys, args, true);
     } catch (err) {
       for (const q of batch) q.reject(err);
       return;
@@ -340,12 +340,13 @@ export class RedisStore implements LimiterStore {
     return this.testClock ? this.testClock() : 0;
   }
 
-  private async run(
+  /** The script's reply, typed by the caller (each script's reply shape is documented in its .lua). */
+  private async run<T>(
     script: Script,
     keys: string[],
     args: (string | number)[],
     binary = false,
-  ): Promise<number[]> {
+  ): Promise<T> {
     const client = this.client as unknown as Flattening;
     try {
       let reply: unknown;
@@ -370,7 +371,7 @@ export class RedisStore implements LimiterStore {
         );
       }
       this.failing = false;
-      return reply as number[];
+      return reply as T;
     } catch (err) {
       throw this.classify(err);
     }
