@@ -294,7 +294,7 @@ export class RedisStore implements LimiterStore {
     return out;
   }
 
-  /** One script per slot, all sent at once (auto-pipelined per node); results merged in op order. */
+  /** One script per slot, all sent at once; results merged in op order. */
   private async decideSplit(d: Decision, groups: number[][]): Promise<DecisionResult> {
     const replies = await Promise.all(groups.map((g) => this.runDecide(d, g)));
     const out: DecisionResult = {

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import {
   create,
   type DescMethod,
@@ -11,6 +12,8 @@ import {
   type MethodDefinition,
   Server,
   ServerCredentials,
+  type ServerInterceptingCall,
+  type ServerInterceptor,
   type ServerUnaryCall,
   type ServerWritableStream,
   type ServiceDefinition,
@@ -23,14 +26,37 @@ import { addReflection } from './reflection.js';
 import { failure, toGrpcError } from './status.js';
 import type { CallContext, Listener, ListenerOptions, ServiceBinding } from './types.js';
 
+const ignore = (): void => {};
+
+/**
+ * Node 20 keeps a closed HTTP/2 stream reachable until the next full GC, and grpc-js leaves its
+ * per-call listeners on it, so each call's request, decision and Redis command were promoted to the
+ * old generation with the stream (`--trace-gc-nvp`: ~0.5 MB per scavenge at 5 calls in flight, half
+ * that without them). Once the stream has closed (every close listener has run: emit iterates a
+ * copy), nothing else will be emitted but an error, which is ignored. grpc-js hands the first
+ * interceptor its base call, whose `stream` is the HTTP/2 stream.
+ */
+export const detachOnClose: ServerInterceptor = (_method, call) => {
+  const { stream } = call as { stream?: unknown };
+  if (stream instanceof EventEmitter) {
+    stream.once('close', () => {
+      stream.removeAllListeners();
+      stream.on('error', ignore);
+    });
+  }
+  // grpc-js chains interceptors through the call interface; the call itself, not a wrapper per call.
+  return call as ServerInterceptingCall;
+};
+
 /**
  * channelz bookkeeping costs on every call and nobody reads it here. Server keepalive pings find
  * dead client connections (a vanished Envoy) without waiting for the OS.
  */
-const SERVER_OPTIONS = {
+export const SERVER_OPTIONS = {
   'grpc.enable_channelz': 0,
   'grpc.keepalive_time_ms': 60_000,
   'grpc.keepalive_timeout_ms': 20_000,
+  interceptors: [detachOnClose],
 };
 
 /** A grpc-js service definition whose (de)serializers are the protobuf-es generated types. */
