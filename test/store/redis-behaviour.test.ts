@@ -3,6 +3,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
 import { RkError } from '../../src/errors.js';
 import { createStore, withFailureMode } from '../../src/store/factory.js';
+import { MAX_BATCH } from '../../src/store/redis.js';
 import type { Decision, Op } from '../../src/store/store.js';
 import { StoreUnavailableError } from '../../src/store/store.js';
 import { startRedis, startRedisSentinel } from '../harness/redis.js';
@@ -154,6 +155,26 @@ describe('redis store', () => {
     expect(stats).toMatch(/cmdstat_evalsha:calls=5,/);
     // TIME and the data commands run inside the script; nothing else came from a client.
     expect(stats).not.toMatch(/cmdstat_(eval|script|multi|exec|ping):/);
+    mon.close();
+    await s.close();
+  });
+
+  it('splits decisions issued together into calls of at most MAX_BATCH, in order', async () => {
+    const s = await redisStore({ kind: 'redis', url }, { clockRefreshMs: 3_600_000 });
+    await s.store.decide({ ops: [win('{split}:w', 100)], atomic: true });
+    await s.store.syncClock();
+    const mon = await monitor(url);
+    await mon.drain();
+    const n = 2 * MAX_BATCH + 1;
+    const results = await Promise.all(
+      Array.from({ length: n }, () => s.store.decide({ ops: [win('{split}:w', 100)], atomic: true })),
+    );
+    // Arrival order holds across calls: each decision sees every earlier one's cost.
+    expect(results.map((r) => r.states[0]!.used)).toEqual(Array.from({ length: n }, (_, i) => i + 2));
+    const sent = await mon.drain();
+    expect(sent.map((c) => c[0])).toEqual(['evalsha', 'evalsha', 'evalsha']);
+    // decide.lua's ARGV[2]: the decisions a call carries (EVALSHA sha numkeys key… clock count …).
+    expect(sent.map((c) => Number(c[3 + Number(c[2]) + 1]))).toEqual([MAX_BATCH, MAX_BATCH, 1]);
     mon.close();
     await s.close();
   });
