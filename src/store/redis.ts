@@ -54,13 +54,12 @@ interface Flattening {
 }
 
 /**
- * Decisions issued in one event-loop turn (to one cluster slot) share script calls of at most this
- * many: far fewer commands than one each, and a full call leaves while the turn is still decoding
- * requests, so Redis works while the server does and answers come back spread over turns instead of
- * all at once. Measured (bench scenario c, interleaved runs): 4 beat 2 and 8, and beat 32 by 10-40%
- * in decisions per second (32 calls in lock-step left server and Redis taking turns).
+ * Decisions issued in one event-loop turn (to one cluster slot) go out as one script call: under load
+ * that turns dozens of commands into one, which is most of the client's cost per decision. Capped so a
+ * call keeps Redis busy for a bounded time. (Calls of 4, sent while the turn still decodes, let Redis
+ * and the server overlap, but cost ~15% of scenario c's peak in interleaved runs: not taken.)
  */
-export const MAX_BATCH = 4;
+export const MAX_BATCH = 32;
 
 /** One decision waiting for its batch, in decide.lua's per-decision layout. */
 interface Queued {
