@@ -224,6 +224,11 @@ export interface Pass {
   /** CPU (in cores) used by processes outside this benchmark during the window. */
   othersCores?: number;
   peakRssMb?: number;
+  /**
+   * h2load peak passes of a scenario: the empty server's h2load peak right before and right after it
+   * (the machine's speed drifts by tens of percent within minutes); vsEmpty uses their mean.
+   */
+  emptyNearby?: number[];
   vsEmpty?: number;
   vsScript?: number;
   limitedBy: string;
@@ -437,7 +442,13 @@ interface Ctx {
   passes: Pass[];
   notes: string[];
   h2load: boolean;
+  /** The empty server, up for the whole run (idle between its passes). */
+  empty: Target;
 }
+
+/** What the empty server is driven with (it answers any request with the same constant OK). */
+const EMPTY_SHAPE: RequestShape = { kind: 'generic' };
+const EMPTY_REQ = buildRequests(EMPTY_SHAPE)[0] as RateLimitRequest;
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
 
@@ -816,10 +827,16 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
     );
     // h2load repeats one body: scenario d's many keys cannot be expressed, and (c) already is that.
     const fixed = shape.kind === 'generic' || shape.keys === 1;
-    if (ctx.h2load && fixed)
-      ctx.passes.push(
-        await h2Pass(ctx, id, s.title, target, usesRedis, req, s.port, { mode: 'peak' }, sample),
-      );
+    if (ctx.h2load && fixed) {
+      const nearby = () =>
+        h2Pass(ctx, 'empty', 'ceiling next to a scenario', ctx.empty, undefined, EMPTY_REQ, 'grpc', {
+          mode: 'peak',
+        });
+      const before = await nearby();
+      const peak = await h2Pass(ctx, id, s.title, target, usesRedis, req, s.port, { mode: 'peak' }, sample);
+      peak.emptyNearby = [before.rate, (await nearby()).rate];
+      ctx.passes.push(peak);
+    }
     if (ctx.o.paced) {
       await pacedPass(ctx, id, s.title, target, usesRedis, shape, s.port, fixed, sample);
       if (ctx.h2load && fixed) await halfLoadPass(ctx, id, s.title, target, usesRedis, req, s.port, sample);
@@ -838,36 +855,31 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
 };
 
 /**
- * The empty server, before the scenarios (peak and latency passes) and, with `again`, once more after
- * them (peak passes only): the machine's speed drifts within minutes, so the ratios use both.
+ * The empty server's passes before the scenarios (peak and latency) and, with `again`, once more after
+ * them (peak passes only): the machine's speed drifts within minutes, so the Node client's ratio uses
+ * both (h2load's uses the passes right next to each scenario).
  */
 const emptyCeiling = async (ctx: Ctx, again = false) => {
   const title = again
     ? 'ceiling: empty grpc-js server, again after the scenarios'
     : 'ceiling: empty grpc-js server, constant OK';
   log(title);
-  const shape: RequestShape = { kind: 'generic' };
-  const req = buildRequests(shape)[0] as RateLimitRequest;
-  const target = await startEmpty(ctx.o.serverNodeOptions, req);
-  const first = ctx.passes.length;
-  try {
-    ctx.passes.push(await nodePass(ctx, 'empty', title, target, undefined, shape, 'grpc'));
-    if (ctx.h2load)
-      ctx.passes.push(await h2Pass(ctx, 'empty', title, target, undefined, req, 'grpc', { mode: 'peak' }));
-    if (ctx.o.paced && !again) {
-      await pacedPass(ctx, 'empty', title, target, undefined, shape, 'grpc', true);
-      if (ctx.h2load) await halfLoadPass(ctx, 'empty', title, target, undefined, req, 'grpc');
-    }
-  } finally {
-    const rss = peakRssMb(target.pid);
-    await target.stop();
-    for (const p of ctx.passes.slice(first)) p.peakRssMb = rss;
+  const target = ctx.empty;
+  ctx.passes.push(await nodePass(ctx, 'empty', title, target, undefined, EMPTY_SHAPE, 'grpc'));
+  if (ctx.h2load)
+    ctx.passes.push(
+      await h2Pass(ctx, 'empty', title, target, undefined, EMPTY_REQ, 'grpc', { mode: 'peak' }),
+    );
+  if (ctx.o.paced && !again) {
+    await pacedPass(ctx, 'empty', title, target, undefined, EMPTY_SHAPE, 'grpc', true);
+    if (ctx.h2load) await halfLoadPass(ctx, 'empty', title, target, undefined, EMPTY_REQ, 'grpc');
   }
 };
 
 /**
- * Ratios to the ceiling measured by the same driver (a Node client against a Node client's ceiling),
- * the mean of its peak passes before and after the scenarios; a note gives their spread.
+ * Ratios to the ceiling measured by the same driver (a Node client against a Node client's ceiling):
+ * for h2load the mean of the empty passes right before and after the scenario's, else the mean of its
+ * peak passes before and after the scenarios; notes give their spread.
  */
 const addRatios = (passes: Pass[], notes: string[]) => {
   const rates = new Map<Driver, number[]>();
@@ -879,13 +891,20 @@ const addRatios = (passes: Pass[], notes: string[]) => {
     emptyBy.set(driver, r.reduce((a, b) => a + b, 0) / r.length);
     if (r.length > 1)
       notes.push(
-        `empty server (${driver}) before / after the scenarios: ${r.map((x) => Math.round(x)).join(' / ')} per s (${Math.round((100 * (Math.max(...r) - Math.min(...r))) / Math.min(...r))}% apart); ratios use their mean`,
+        `empty server (${driver}) before / after the scenarios: ${r.map((x) => Math.round(x)).join(' / ')} per s (${Math.round((100 * (Math.max(...r) - Math.min(...r))) / Math.min(...r))}% apart); ratios use their mean unless measured right next to their pass`,
       );
   }
   const script = (id: string) => peakOf(passes, `script:${id}`);
   for (const p of passes) {
     if (p.mode !== 'peak' || p.scenario === 'empty' || p.scenario.startsWith('script:')) continue;
-    const e = emptyBy.get(p.driver === 'connect-node' ? 'grpc-js' : p.driver);
+    const near = p.emptyNearby;
+    if (near)
+      notes.push(
+        `(${p.scenario}): empty server (${p.driver}) right before / after its peak pass: ${near.map((x) => Math.round(x)).join(' / ')} per s; its ratio uses their mean`,
+      );
+    const e = near
+      ? near.reduce((a, b) => a + b, 0) / near.length
+      : emptyBy.get(p.driver === 'connect-node' ? 'grpc-js' : p.driver);
     if (e) p.vsEmpty = p.rate / e;
     const sid = p.scenario === 'd' ? 'c' : p.scenario;
     const sc = SCENARIOS[p.scenario]?.store === 'redis' ? script(sid) : 0;
@@ -897,11 +916,13 @@ export const main = async (argv: string[]): Promise<number> => {
   const o = parseOptions(argv);
   const dir = mkdtempSync(join(tmpdir(), 'rk-bench-'));
   const configDir = writeBenchConfig(dir);
-  const ctx: Ctx = { o, dir, passes: [], notes: [], h2load: o.h2load && h2loadAvailable() };
-  if (o.h2load && !ctx.h2load)
-    ctx.notes.push('h2load not installed (apt-get install -y nghttp2-client): h2load passes skipped');
+  const h2load = o.h2load && h2loadAvailable();
   const startedAt = new Date();
   const load0 = loadavg();
+  const empty = await startEmpty(o.serverNodeOptions, EMPTY_REQ);
+  const ctx: Ctx = { o, dir, passes: [], notes: [], h2load, empty };
+  if (o.h2load && !ctx.h2load)
+    ctx.notes.push('h2load not installed (apt-get install -y nghttp2-client): h2load passes skipped');
   let redis: BenchRedis | undefined;
   const profiles: { scenario: string; summary: ProfileSummary }[] = [];
   try {
@@ -915,6 +936,9 @@ export const main = async (argv: string[]): Promise<number> => {
     }
     await emptyCeiling(ctx, true);
   } finally {
+    const rss = peakRssMb(empty.pid);
+    for (const p of ctx.passes) if (p.scenario === 'empty') p.peakRssMb = rss;
+    await empty.stop();
     await redis?.stop();
   }
   addRatios(ctx.passes, ctx.notes);
