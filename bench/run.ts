@@ -828,13 +828,9 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
     // h2load repeats one body: scenario d's many keys cannot be expressed, and (c) already is that.
     const fixed = shape.kind === 'generic' || shape.keys === 1;
     if (ctx.h2load && fixed) {
-      const nearby = () =>
-        h2Pass(ctx, 'empty', 'ceiling next to a scenario', ctx.empty, undefined, EMPTY_REQ, 'grpc', {
-          mode: 'peak',
-        });
-      const before = await nearby();
+      const before = await emptyH2Peak(ctx, 'ceiling next to a scenario');
       const peak = await h2Pass(ctx, id, s.title, target, usesRedis, req, s.port, { mode: 'peak' }, sample);
-      peak.emptyNearby = [before.rate, (await nearby()).rate];
+      peak.emptyNearby = [before.rate, (await emptyH2Peak(ctx, 'ceiling next to a scenario')).rate];
       ctx.passes.push(peak);
     }
     if (ctx.o.paced) {
@@ -854,6 +850,10 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
   else if (s.scriptCeiling) ctx.notes.push(`(${id}): no script call seen by MONITOR; no script ceiling`);
 };
 
+/** The empty server's h2load peak pass. */
+const emptyH2Peak = (ctx: Ctx, title: string): Promise<Pass> =>
+  h2Pass(ctx, 'empty', title, ctx.empty, undefined, EMPTY_REQ, 'grpc', { mode: 'peak' });
+
 /**
  * The empty server's passes before the scenarios (peak and latency) and, with `again`, once more after
  * them (peak passes only): the machine's speed drifts within minutes, so the Node client's ratio uses
@@ -866,10 +866,7 @@ const emptyCeiling = async (ctx: Ctx, again = false) => {
   log(title);
   const target = ctx.empty;
   ctx.passes.push(await nodePass(ctx, 'empty', title, target, undefined, EMPTY_SHAPE, 'grpc'));
-  if (ctx.h2load)
-    ctx.passes.push(
-      await h2Pass(ctx, 'empty', title, target, undefined, EMPTY_REQ, 'grpc', { mode: 'peak' }),
-    );
+  if (ctx.h2load) ctx.passes.push(await emptyH2Peak(ctx, title));
   if (ctx.o.paced && !again) {
     await pacedPass(ctx, 'empty', title, target, undefined, EMPTY_SHAPE, 'grpc', true);
     if (ctx.h2load) await halfLoadPass(ctx, 'empty', title, target, undefined, EMPTY_REQ, 'grpc');
@@ -881,6 +878,9 @@ const emptyCeiling = async (ctx: Ctx, again = false) => {
  * for h2load the mean of the empty passes right before and after the scenario's, else the mean of its
  * peak passes before and after the scenarios; notes give their spread.
  */
+const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+const perS = (xs: number[]): string => `${xs.map((x) => Math.round(x)).join(' / ')} per s`;
+
 const addRatios = (passes: Pass[], notes: string[]) => {
   const rates = new Map<Driver, number[]>();
   for (const p of passes)
@@ -888,10 +888,10 @@ const addRatios = (passes: Pass[], notes: string[]) => {
       rates.set(p.driver, [...(rates.get(p.driver) ?? []), p.rate]);
   const emptyBy = new Map<Driver, number>();
   for (const [driver, r] of rates) {
-    emptyBy.set(driver, r.reduce((a, b) => a + b, 0) / r.length);
+    emptyBy.set(driver, mean(r));
     if (r.length > 1)
       notes.push(
-        `empty server (${driver}) before / after the scenarios: ${r.map((x) => Math.round(x)).join(' / ')} per s (${Math.round((100 * (Math.max(...r) - Math.min(...r))) / Math.min(...r))}% apart); ratios use their mean unless measured right next to their pass`,
+        `empty server (${driver}) before / after the scenarios: ${perS(r)} (${Math.round((100 * (Math.max(...r) - Math.min(...r))) / Math.min(...r))}% apart); ratios use their mean unless measured right next to their pass`,
       );
   }
   const script = (id: string) => peakOf(passes, `script:${id}`);
@@ -900,11 +900,9 @@ const addRatios = (passes: Pass[], notes: string[]) => {
     const near = p.emptyNearby;
     if (near)
       notes.push(
-        `(${p.scenario}): empty server (${p.driver}) right before / after its peak pass: ${near.map((x) => Math.round(x)).join(' / ')} per s; its ratio uses their mean`,
+        `(${p.scenario}): empty server (${p.driver}) right before / after its peak pass: ${perS(near)}; its ratio uses their mean`,
       );
-    const e = near
-      ? near.reduce((a, b) => a + b, 0) / near.length
-      : emptyBy.get(p.driver === 'connect-node' ? 'grpc-js' : p.driver);
+    const e = near ? mean(near) : emptyBy.get(p.driver === 'connect-node' ? 'grpc-js' : p.driver);
     if (e) p.vsEmpty = p.rate / e;
     const sid = p.scenario === 'd' ? 'c' : p.scenario;
     const sc = SCENARIOS[p.scenario]?.store === 'redis' ? script(sid) : 0;
