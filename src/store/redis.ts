@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import clusterKeySlot from 'cluster-key-slot';
-import { Cluster, type Redis } from 'ioredis';
+import { Cluster, Command, type Redis } from 'ioredis';
 import {
   type Decision,
   type DecisionResult,
@@ -35,22 +35,43 @@ const SCRIPTS = { decide: load('decide'), settle: load('settle'), release: load(
 /** A slot set's companion ZSET of admission times (lib.lua's HELD). */
 const HELD_SUFFIX = ':held';
 
-type Evaluate = (
-  script: string,
-  numKeys: number,
-  keys: string[],
-  args: (string | number)[],
-) => Promise<unknown>;
-
 /**
- * ioredis's EVAL/EVALSHA as called: its typings want spread arguments, it flattens arrays itself. The
- * Buffer variants leave bulk replies (decide's packed replies) as bytes.
+ * A script call whose commandTimeout gives its verdict only after the event loop's poll phase. The
+ * timer starts where ioredis starts it (when the command goes to its node's connection), but ioredis
+ * rejects in the timers phase, before the socket is read: a reply that came in while the loop was
+ * busy (a long turn, a GC pause) was thrown away as late, and the decision Redis had applied was
+ * failed open. Binary calls leave bulk replies (decide's packed replies) as bytes.
  */
-interface Flattening {
-  evalsha: Evaluate;
-  eval: Evaluate;
-  evalshaBuffer: Evaluate;
-  evalBuffer: Evaluate;
+class ScriptCommand extends Command {
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    name: 'evalsha' | 'eval',
+    body: string,
+    keys: string[],
+    args: (string | number)[],
+    binary: boolean,
+  ) {
+    // ioredis flattens the arrays: no spread copies of keys and args.
+    super(name, [body, keys.length, keys, args], { replyEncoding: binary ? null : 'utf8' });
+    const { resolve, reject } = this;
+    this.resolve = (reply) => {
+      clearTimeout(this.timer);
+      resolve(reply);
+    };
+    this.reject = (err) => {
+      clearTimeout(this.timer);
+      reject(err);
+    };
+  }
+
+  override setTimeout(ms: number): void {
+    this.timer ??= setTimeout(() => setImmediate(this.expire), ms);
+  }
+
+  private readonly expire = (): void => {
+    if (!this.isSettled) this.reject(new Error('Command timed out'));
+  };
 }
 
 /**
@@ -348,28 +369,16 @@ export class RedisStore implements LimiterStore {
     args: (string | number)[],
     binary = false,
   ): Promise<T> {
-    const client = this.client as unknown as Flattening;
+    const send = (name: 'evalsha' | 'eval', body: string) =>
+      this.client.sendCommand(new ScriptCommand(name, body, keys, args, binary)) as Promise<unknown>;
     try {
       let reply: unknown;
       try {
-        // ioredis flattens array arguments: no spread copies of keys and args.
-        reply = await (binary ? client.evalshaBuffer : client.evalsha).call(
-          client,
-          script.sha,
-          keys.length,
-          keys,
-          args,
-        );
+        reply = await send('evalsha', script.sha);
       } catch (err) {
         // Flushed, restarted or failed-over node: EVAL runs the script and caches it there again.
         if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
-        reply = await (binary ? client.evalBuffer : client.eval).call(
-          client,
-          script.lua,
-          keys.length,
-          keys,
-          args,
-        );
+        reply = await send('eval', script.lua);
       }
       this.failing = false;
       return reply as T;

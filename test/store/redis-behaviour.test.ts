@@ -1,5 +1,5 @@
 /** Redis-only behaviour: shared limits across instances, script reloads, round trips, TTLs, failures. */
-import { Redis } from 'ioredis';
+import { type Command, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
 import { RkError } from '../../src/errors.js';
 import { createStore, withFailureMode } from '../../src/store/factory.js';
@@ -317,6 +317,31 @@ describe('redis store', () => {
     expect((await handle.limiter.decide(d)).admitted).toBe(true);
   });
 
+  it('takes a reply that came in while the event loop was busy past the command timeout', async () => {
+    const handle = createStore({ kind: 'redis', url, prefix: uniquePrefix(), commandTimeoutMs: 50 });
+    onTestFinished(() => handle.close());
+    expect(await handle.ready()).toBe(true);
+    const failures: Error[] = [];
+    const open = withFailureMode(handle.limiter, 'open', { onFailure: (e) => failures.push(e) });
+    const d: Decision = { ops: [win('{busy}:w', 1)], atomic: true };
+    const first = open.decide(d);
+    // The decision is sent in this turn's check phase; the next immediate blocks the loop for longer
+    // than the deadline while Redis answers (a long turn or GC pause under load).
+    await new Promise<void>((resolve) =>
+      setImmediate(() => {
+        const until = performance.now() + 150;
+        while (performance.now() < until);
+        resolve();
+      }),
+    );
+    const r = await first;
+    expect(failures).toEqual([]);
+    expect(handle.limiter.healthy()).toBe(true);
+    expect(r.states[0]).toMatchObject({ ok: true, used: 1 });
+    // Redis applied it once: a second decision is refused by a limit of 1.
+    expect((await open.decide(d)).admitted).toBe(false);
+  });
+
   it('a script error is a bug, not an outage', async () => {
     const s = await redisStore({ kind: 'redis', url });
     await admin.set(`${s.store.prefix}{bug}:w`, 'not a hash');
@@ -355,20 +380,19 @@ describe('redis cluster store', () => {
       win('{b}:z', 5),
     ];
     // All three scripts are issued before any reply can arrive (none waits for another).
-    // Decisions go as EVALSHA with a binary (Buffer) reply.
-    const client = s.redis as unknown as { evalshaBuffer: (...args: unknown[]) => Promise<unknown> };
-    const evalsha = client.evalshaBuffer.bind(client);
+    const client = s.redis as unknown as { sendCommand: (c: Command) => unknown };
+    const send = client.sendCommand.bind(client);
     let issued = 0;
-    client.evalshaBuffer = (...args) => {
-      issued++;
-      return evalsha(...args);
+    client.sendCommand = (c) => {
+      if (c.name === 'evalsha') issued++;
+      return send(c);
     };
     const pending = s.store.decide({ ops, atomic: false });
     // Sent at the end of this turn, before any reply could be read.
     await new Promise(setImmediate);
     expect(issued).toBe(3);
     const r = await pending;
-    client.evalshaBuffer = evalsha;
+    client.sendCommand = send;
     expect(r.admitted).toBe(false);
     expect(r.denied).toBe(-1);
     expect(r.states.map((st) => st.ok)).toEqual([true, false, true, false, true]);
