@@ -329,7 +329,7 @@ describe('redis store', () => {
     // than the deadline while Redis answers (a long turn or GC pause under load).
     await new Promise<void>((resolve) =>
       setImmediate(() => {
-        const until = performance.now() + 150;
+        const until = performance.now() + 250;
         while (performance.now() < until);
         resolve();
       }),
