@@ -873,14 +873,14 @@ const emptyCeiling = async (ctx: Ctx, again = false) => {
   }
 };
 
+const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+const perS = (xs: number[]): string => `${xs.map((x) => Math.round(x)).join(' / ')} per s`;
+
 /**
  * Ratios to the ceiling measured by the same driver (a Node client against a Node client's ceiling):
  * for h2load the mean of the empty passes right before and after the scenario's, else the mean of its
  * peak passes before and after the scenarios; notes give their spread.
  */
-const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
-const perS = (xs: number[]): string => `${xs.map((x) => Math.round(x)).join(' / ')} per s`;
-
 const addRatios = (passes: Pass[], notes: string[]) => {
   const rates = new Map<Driver, number[]>();
   for (const p of passes)

@@ -78,7 +78,8 @@ class ScriptCommand extends Command {
  * Decisions issued in one event-loop turn (to one cluster slot) go out as one script call: under load
  * that turns dozens of commands into one, which is most of the client's cost per decision. Capped so a
  * call keeps Redis busy for a bounded time. (Calls of 4, sent while the turn still decodes, let Redis
- * and the server overlap, but cost ~15% of scenario c's peak in interleaved runs: not taken.)
+ * and the server overlap, but measured ~15% below 32 at scenario c's peak: not taken. Those runs paired
+ * the builds in a fixed order, which can favour the second by up to 20%: README, Performance.)
  */
 export const MAX_BATCH = 32;
 
