@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --duration 10 --concurrency 64 --scenarios a,b,c,d,e]`: starts the real server
+ * `npm run bench [-- --duration 10 --concurrency 64 --scenarios a,b,c,d,e,f]`: starts the real server
  * (child process), its own redis-server and the ceilings, drives each scenario from separate load
  * generator processes (grpc-js / connect-node, and h2load when installed), and prints throughput,
  * latency, server CPU per 1,000 decisions, peak RSS and Redis calls per decision, with ratios to the
@@ -69,7 +69,7 @@ const USAGE = `npm run bench -- [options]   (each option also as env BENCH_<NAME
   --warmup S         warm-up seconds before each pass (default 2)
   --concurrency N    calls in flight (default 64)
   --connections N    HTTP/2 connections per load generator (default 2)
-  --scenarios LIST   a,b,c,d,e (default all; ceilings run as needed)
+  --scenarios LIST   a,b,c,d,e,f (default all; ceilings run as needed)
   --keys N           distinct API keys in scenario d (default 10000)
   --tokens N         tokens per inference request (default 512)
   --no-h2load        skip the h2load passes
@@ -114,11 +114,11 @@ export const parseOptions = (argv: string[], env: NodeJS.ProcessEnv = process.en
   };
   const flag = (name: string, v: boolean | undefined): boolean =>
     v === true || ['1', 'true', 'yes'].includes(env[`BENCH_${name.toUpperCase().replace('-', '_')}`] ?? '');
-  const scenarios = (values.scenarios ?? env.BENCH_SCENARIOS ?? 'a,b,c,d,e')
+  const scenarios = (values.scenarios ?? env.BENCH_SCENARIOS ?? 'a,b,c,d,e,f')
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
-  for (const s of scenarios) if (!SCENARIOS[s]) throw new Error(`--scenarios: unknown scenario "${s}" (a-e)`);
+  for (const s of scenarios) if (!SCENARIOS[s]) throw new Error(`--scenarios: unknown scenario "${s}" (a-f)`);
   return {
     durationS: num('duration', values.duration, 10),
     warmupS: num('warmup', values.warmup, 2),
@@ -182,6 +182,12 @@ const SCENARIOS: Record<string, Scenario> = {
     store: 'memory',
     port: 'http',
     shape: () => ({ kind: 'generic' }),
+  },
+  f: {
+    title: 'inference (c) on the embedded store',
+    store: 'memory',
+    port: 'grpc',
+    shape: (o) => ({ kind: 'inference', keys: 1, tokens: o.tokens }),
   },
 };
 

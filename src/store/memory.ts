@@ -4,6 +4,8 @@
  * Memory stays bounded: every entry carries the time after which it is useless (dropAt) and a
  * periodic, unref'd sweep deletes those; windows also drop expired buckets whenever touched.
  */
+
+import { SlotSet } from './slot-set.js';
 import {
   type Decision,
   type DecisionResult,
@@ -22,14 +24,6 @@ class Win {
   b: number[] = [];
   h = 0;
   total = 0;
-  dropAt = 0;
-}
-
-class SlotSet {
-  /** requestId → lease expiry (Unix ms). */
-  leases = new Map<string, number>();
-  /** requestId → admission time (Unix ms), kept when the lease is renewed. */
-  since = new Map<string, number>();
   dropAt = 0;
 }
 
@@ -232,12 +226,12 @@ export class MemoryStore implements LimiterStore {
           if (!dry) {
             const counted = op.expiredKey !== undefined && (op.expiredWindowMs ?? 0) > 0;
             if (counted) gone ??= new Set();
-            const freed = this.expireLeases(s, now, counted ? gone : undefined);
+            const freed = s.expire(now, counted ? gone : undefined);
             if (freed > 0 && counted) this.count(op.expiredKey!, op.expiredWindowMs!, freed, now);
           }
-          for (const exp of s.leases.values()) if (exp > now) active++;
+          active = dry ? s.figures(now).used : s.size;
         }
-        const held = (s?.leases.get(rid) ?? 0) > now;
+        const held = s?.holds(rid, now) ?? false;
         pre[i] = held ? 1 : 0;
         fits[i] = held || active < op.limit;
       } else {
@@ -288,8 +282,7 @@ export class MemoryStore implements LimiterStore {
             this.slots.set(op.key, s);
           }
           const exp = now + op.leaseMs;
-          s.leases.set(rid!, exp);
-          if (!s.since.has(rid!)) s.since.set(rid!, now);
+          s.lease(rid!, exp, now);
           // Kept one lease past the last expiry so a later check still counts the expiry.
           s.dropAt = Math.max(s.dropAt, exp + op.leaseMs);
           res?.slotKeys.push(op.key);
@@ -399,20 +392,6 @@ export class MemoryStore implements LimiterStore {
     add(w, i, amount, windowMs);
   }
 
-  /** Frees expired leases; returns how many, adding their request ids to `into` when given. */
-  private expireLeases(s: SlotSet, now: number, into?: Set<string>): number {
-    let freed = 0;
-    for (const [id, exp] of s.leases) {
-      if (exp <= now) {
-        s.leases.delete(id);
-        s.since.delete(id);
-        into?.add(id);
-        freed++;
-      }
-    }
-    return freed;
-  }
-
   private slotState(
     s: SlotSet | undefined,
     ok: boolean,
@@ -420,30 +399,16 @@ export class MemoryStore implements LimiterStore {
     now: number,
     longHeldMs: number | undefined,
   ): OpState {
-    let used = 0;
-    let first = Number.POSITIVE_INFINITY;
-    let last = now;
-    let oldest = now;
-    let long = 0;
-    if (s) {
-      for (const [id, exp] of s.leases) {
-        if (exp <= now) continue;
-        used++;
-        if (exp < first) first = exp;
-        if (exp > last) last = exp;
-        const since = s.since.get(id) ?? now;
-        if (since < oldest) oldest = since;
-        if (longHeldMs !== undefined && now - since >= longHeldMs) long++;
-      }
-    }
+    const f = s?.figures(now, longHeldMs);
+    const used = f?.used ?? 0;
     return {
       ok,
       used,
       remaining: Math.max(0, limit - used),
-      resetMs: last - now,
-      retryMs: ok ? 0 : limit < 1 ? -1 : used > 0 ? first - now : 0,
-      heldMs: now - oldest,
-      ...(longHeldMs !== undefined ? { longHeld: long } : {}),
+      resetMs: f?.last !== undefined ? f.last - now : 0,
+      retryMs: ok ? 0 : limit < 1 ? -1 : f?.first !== undefined ? f.first - now : 0,
+      heldMs: f?.oldest !== undefined ? Math.max(0, now - f.oldest) : 0,
+      ...(longHeldMs !== undefined ? { longHeld: f?.longHeld ?? 0 } : {}),
     };
   }
 
@@ -462,11 +427,7 @@ export class MemoryStore implements LimiterStore {
    * correct (a Debit after a Release, the second half of a split stream-done); else it goes.
    */
   private free(reservationKey: string, res: Res): void {
-    for (const key of res.slotKeys) {
-      const slots = this.slots.get(key);
-      slots?.leases.delete(res.requestId);
-      slots?.since.delete(res.requestId);
-    }
+    for (const key of res.slotKeys) this.slots.get(key)?.free(res.requestId);
     if (settled(res)) this.reservations.delete(reservationKey);
     else res.freed = true;
   }
