@@ -3,7 +3,7 @@ import { type Command, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
 import { RkError } from '../../src/errors.js';
 import { createStore, withFailureMode } from '../../src/store/factory.js';
-import { MAX_BATCH } from '../../src/store/redis.js';
+import { MAX_BATCH, MAX_BATCH_KEYS } from '../../src/store/redis.js';
 import type { Decision, Op } from '../../src/store/store.js';
 import { StoreUnavailableError } from '../../src/store/store.js';
 import { startRedis, startRedisSentinel } from '../harness/redis.js';
@@ -175,6 +175,24 @@ describe('redis store', () => {
     expect(sent.map((c) => c[0])).toEqual(['evalsha', 'evalsha', 'evalsha']);
     // decide.lua's ARGV[2]: the decisions a call carries (EVALSHA sha numkeys key… clock count …).
     expect(sent.map((c) => Number(c[3 + Number(c[2]) + 1]))).toEqual([MAX_BATCH, MAX_BATCH, 1]);
+    mon.close();
+    await s.close();
+  });
+
+  it('closes a call once its decisions carry MAX_BATCH_KEYS keys', async () => {
+    const s = await redisStore({ kind: 'redis', url }, { clockRefreshMs: 3_600_000 });
+    const ops = Array.from({ length: 10 }, (_, i) => win(`{keys}:w${i}`, 1000));
+    await s.store.decide({ ops, atomic: true });
+    await s.store.syncClock();
+    const mon = await monitor(url);
+    await mon.drain();
+    const perCall = Math.ceil(MAX_BATCH_KEYS / ops.length);
+    expect(perCall).toBeLessThan(MAX_BATCH);
+    const n = 2 * perCall + 1;
+    const results = await Promise.all(Array.from({ length: n }, () => s.store.decide({ ops, atomic: true })));
+    expect(results.map((r) => r.states[9]!.used)).toEqual(Array.from({ length: n }, (_, i) => i + 2));
+    const sent = await mon.drain();
+    expect(sent.map((c) => Number(c[3 + Number(c[2]) + 1]))).toEqual([perCall, perCall, 1]);
     mon.close();
     await s.close();
   });
