@@ -225,7 +225,7 @@ export class SlotSet {
     this.counted = 0;
   }
 
-  /** Leases admitted at or before cut (freed or not), advancing a cursor: amortized O(1) as time moves on. */
+  /** Held leases (expired ones not yet freed too) admitted at or before cut; a cursor makes it amortized O(1). */
   private admittedBy(cut: number): number {
     if (cut < this.cut) {
       this.cursor = this.head;
