@@ -206,11 +206,9 @@ const writeString = (buf: Buffer, p: number, tag: number, s: string): number => 
   const n = lens[li++]!;
   buf[p++] = tag;
   p = writeVarint32(buf, p, n);
-  // Equal lengths mean pure ASCII: a byte loop costs less than a call into Buffer.write for short strings.
-  if (n === s.length && n < 64) {
-    for (let i = 0; i < n; i++) buf[p + i] = s.charCodeAt(i);
-    return p + n;
-  }
+  // Equal lengths mean pure ASCII, whose latin1 bytes are its UTF-8 (latin1 skips UTF-8's checks). A
+  // charCodeAt loop took twice as long per response (~7 µs against ~3.7 µs for scenario c's answer).
+  if (n === s.length) return p + buf.write(s, p, n, 'latin1');
   // Should it ever write other than the counted bytes, the final size check catches it.
   return p + buf.write(s, p, n, 'utf8');
 };
