@@ -229,7 +229,7 @@ export class MemoryStore implements LimiterStore {
             const freed = s.expire(now, counted ? gone : undefined);
             if (freed > 0 && counted) this.count(op.expiredKey!, op.expiredWindowMs!, freed, now);
           }
-          active = dry ? s.figures(now).used : s.size;
+          active = s.live(now);
         }
         const held = s?.holds(rid, now) ?? false;
         pre[i] = held ? 1 : 0;

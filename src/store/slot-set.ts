@@ -126,6 +126,11 @@ export class SlotSet {
     return this.order.length;
   }
 
+  /** Leases live at now: expired ones not yet freed (a dry run frees none) are left out. */
+  live(now: number): number {
+    return this.leases.size - this.expiredAt(now).length;
+  }
+
   /** Whether rid holds a lease live at now. */
   holds(rid: string, now: number): boolean {
     return (this.leases.get(rid)?.exp ?? 0) > now;
@@ -267,7 +272,7 @@ export class SlotSet {
     if (expired.length === 0) return h[0]?.exp;
     let first: number | undefined;
     for (const l of expired) {
-      for (const c of [2 * l.lo + 1, 2 * l.lo + 2]) {
+      for (let c = 2 * l.lo + 1; c <= 2 * l.lo + 2; c++) {
         const e = h[c]?.exp;
         if (e !== undefined && e > now && (first === undefined || e < first)) first = e;
       }
