@@ -208,9 +208,8 @@ const writeString = (buf: Buffer, p: number, tag: number, s: string): number => 
   p = writeVarint32(buf, p, n);
   // Equal lengths mean pure ASCII, whose latin1 bytes are its UTF-8 (latin1 skips UTF-8's checks). A
   // charCodeAt loop took twice as long per response (~7 µs against ~3.7 µs for scenario c's answer).
-  if (n === s.length) return p + buf.write(s, p, n, 'latin1');
   // Should it ever write other than the counted bytes, the final size check catches it.
-  return p + buf.write(s, p, n, 'utf8');
+  return p + buf.write(s, p, n, n === s.length ? 'latin1' : 'utf8');
 };
 
 const writeBytes = (buf: Buffer, p: number, tag: number, b: Uint8Array): number => {
