@@ -114,11 +114,13 @@ export const parseOptions = (argv: string[], env: NodeJS.ProcessEnv = process.en
   };
   const flag = (name: string, v: boolean | undefined): boolean =>
     v === true || ['1', 'true', 'yes'].includes(env[`BENCH_${name.toUpperCase().replace('-', '_')}`] ?? '');
-  const scenarios = (values.scenarios ?? env.BENCH_SCENARIOS ?? 'a,b,c,d,e,f')
+  const scenarios = (values.scenarios ?? env.BENCH_SCENARIOS ?? Object.keys(SCENARIOS).join(','))
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
-  for (const s of scenarios) if (!SCENARIOS[s]) throw new Error(`--scenarios: unknown scenario "${s}" (a-f)`);
+  for (const s of scenarios)
+    if (!SCENARIOS[s])
+      throw new Error(`--scenarios: unknown scenario "${s}" (${Object.keys(SCENARIOS).join(', ')})`);
   return {
     durationS: num('duration', values.duration, 10),
     warmupS: num('warmup', values.warmup, 2),
