@@ -119,8 +119,10 @@ const redisCaller = (spec: LoadSpec): { call: Call; close: () => void } => {
   // The same client options that matter to the RedisStore's round trips: one connection, auto-pipelined.
   const redis = new Redis(spec.address, { enableAutoPipelining: true });
   redis.on('error', () => undefined);
+  // MONITOR shows bytes, read back one char per byte: sent as those bytes (decide's numbers are binary).
+  const argv = args.map((a) => Buffer.from(a, 'latin1'));
   const call: Call = (_seq, _worker, done) => {
-    redis.call(name, ...args).then(
+    redis.call(name, ...argv).then(
       () => done(null, false),
       (err: Error) => done(err.message.slice(0, 60), false),
     );

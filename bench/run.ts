@@ -762,6 +762,12 @@ const scriptCeiling = async (
     pass.command = command;
     ctx.passes.push(pass);
   }
+  if (command.some((a) => a.includes('\0'))) {
+    ctx.notes.push(
+      `(${id}): the script call has a binary argument (NUL bytes) that redis-benchmark's argv cannot carry: script ceiling from ioredis only`,
+    );
+    return;
+  }
   // redis-benchmark counts requests, not time: about the measured duration at 1.5× the ioredis rate.
   const n = Math.max(20_000, Math.round(r.rate * 1.5 * o.durationS));
   const rb = await redisBenchmark(redis.port, command, n);

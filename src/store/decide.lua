@@ -1,9 +1,10 @@
 -- Decisions, in the order sent, each atomic on its own (decisions issued together share one call).
--- ARGV: clock, decision count, then per decision three: its key count, its requestId ('' for none),
--- and its numbers and op kinds as one space-separated string (one argument instead of dozens is most
--- of the client's cost saved): atomic, dryRun, reservationTtlMs, op count, then per op kind (w|s|b),
--- limit, p1, p2, p3 — window: windowMs, cost, flags (1: shadow, 2: not recorded in the reservation);
--- slot: leaseMs, expiredWindowMs (0: none), longHeldMs (-1: none); budget: periodEndMs, 0, 0.
+-- ARGV: clock, decision count, every decision's numbers as one string of little-endian doubles (read
+-- by struct.unpack: splitting text and tonumber on each field cost more than the rest of a window
+-- op), then per decision two: its key count and its requestId ('' for none). A decision's numbers:
+-- atomic, dryRun, reservationTtlMs, op count, then per op kind (1 window, 2 slot, 3 budget), limit,
+-- p1, p2, p3 — window: windowMs, cost, flags (1: shadow, 2: not recorded in the reservation); slot:
+-- leaseMs, expiredWindowMs (0: none), longHeldMs (-1: none); budget: periodEndMs, 0, 0.
 -- KEYS, per decision: each op's key (a slot op: then its admission-time key, then its expiredKey when
 -- it has an expiry window), then the reservation key when the requestId is set.
 -- Returns one reply per decision: admitted, denied (0-based, -1), now, expiredLeases, then per op ok,
@@ -21,15 +22,38 @@ local function count_expired(k, w, c)
   wadd(k, i, c, s, o, n, w, now, cur)
 end
 
-local function decide(rid, packed, ki)
-  local f = {}
-  for tok in string.gmatch(packed, '%S+') do
-    f[#f + 1] = tok
+local KIND = { 'w', 's', 'b' }
+-- Doubles are packed and unpacked in chunks: unpack and struct.pack take a bounded number of values.
+local CHUNK = 200
+local formats = {}
+local function dformat(m)
+  local fmt = formats[m]
+  if not fmt then
+    fmt = '<' .. string.rep('d', m)
+    formats[m] = fmt
   end
-  local atomic = f[1] == '1'
-  local dry = f[2] == '1'
-  local rttl = tonumber(f[3])
-  local nops = tonumber(f[4])
+  return fmt
+end
+
+local function doubles(packed)
+  local n = #packed / 8
+  local f = {}
+  for a = 0, n - 1, CHUNK do
+    local m = math.min(CHUNK, n - a)
+    local v = { struct.unpack(dformat(m), packed, a * 8 + 1) }
+    for k = 1, m do
+      f[a + k] = v[k]
+    end
+  end
+  return f
+end
+
+-- f: the call's numbers; at: where this decision's start (0-based).
+local function decide(rid, f, at, ki)
+  local atomic = f[at + 1] == 1
+  local dry = f[at + 2] == 1
+  local rttl = f[at + 3]
+  local nops = f[at + 4]
 
   local kind, lim, p1, p2, shadow, key, xkey, hkey, lh, skip = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
   local norec = {}
@@ -39,14 +63,14 @@ local function decide(rid, packed, ki)
   -- Requests whose leases expired in ops that count expiries, once each (not once per slot).
   local gone, expired = {}, 0
   for i = 1, nops do
-    local a = 4 + (i - 1) * 5
-    local kd = f[a + 1]
+    local a = at + 4 + (i - 1) * 5
+    local kd = KIND[f[a + 1]]
     kind[i] = kd
-    lim[i] = tonumber(f[a + 2])
-    p1[i] = tonumber(f[a + 3])
-    p2[i] = tonumber(f[a + 4])
+    lim[i] = f[a + 2]
+    p1[i] = f[a + 3]
+    p2[i] = f[a + 4]
     if kd == 'w' then
-      local flags = tonumber(f[a + 5])
+      local flags = f[a + 5]
       shadow[i] = flags % 2 == 1
       norec[i] = flags >= 2
     end
@@ -58,7 +82,7 @@ local function decide(rid, packed, ki)
       pre[i] = s
       fits[i] = s + p2[i] <= lim[i]
     elseif kd == 's' then
-      lh[i] = tonumber(f[a + 5])
+      lh[i] = f[a + 5]
       hkey[i] = KEYS[ki]
       ki = ki + 1
       if p2[i] > 0 then
@@ -247,24 +271,25 @@ end
 
 local function pack(out)
   local parts = {}
-  -- In chunks: unpack and struct.pack take a bounded number of values.
-  for a = 1, #out, 200 do
-    local b = math.min(a + 199, #out)
-    parts[#parts + 1] = struct.pack('<' .. string.rep('d', b - a + 1), unpack(out, a, b))
+  for a = 1, #out, CHUNK do
+    local b = math.min(a + CHUNK - 1, #out)
+    parts[#parts + 1] = struct.pack(dformat(b - a + 1), unpack(out, a, b))
   end
   return table.concat(parts)
 end
 
 local replies = {}
-local ki = 1
+local f = doubles(ARGV[3])
+local at, ki = 0, 1
 for d = 1, tonumber(ARGV[2]) do
-  local a = 3 * d
-  local ok, out = pcall(decide, ARGV[a + 1], ARGV[a + 2], ki)
+  local a = 2 + 2 * d
+  local ok, out = pcall(decide, ARGV[a + 1], f, at, ki)
   if ok then
     replies[d] = pack(out)
   else
     replies[d] = redis.error_reply(type(out) == 'table' and out.err or tostring(out))
   end
   ki = ki + tonumber(ARGV[a])
+  at = at + 4 + 5 * f[at + 4]
 end
 return replies

@@ -42,14 +42,14 @@ const HELD_SUFFIX = ':held';
  * busy (a long turn, a GC pause) was thrown away as late, and the decision Redis had applied was
  * failed open. Binary calls leave bulk replies (decide's packed replies) as bytes.
  */
-class ScriptCommand extends Command {
+export class ScriptCommand extends Command {
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
     name: 'evalsha' | 'eval',
     body: string,
     keys: string[],
-    args: (string | number)[],
+    args: (string | number | Buffer)[],
     binary: boolean,
   ) {
     // ioredis flattens the arrays: no spread copies of keys and args.
@@ -72,6 +72,27 @@ class ScriptCommand extends Command {
   private readonly expire = (): void => {
     if (!this.isSettled) this.reject(new Error('Command timed out'));
   };
+
+  /**
+   * ioredis writes a command with a binary argument (decide's numbers) as a list of pieces it copies
+   * one by one, ~3× its cost for strings: here the text around each binary argument is one string.
+   */
+  override toWritable(socket: object): string | Buffer {
+    const args = this.args as (string | Buffer)[];
+    if (!args.some(Buffer.isBuffer)) return super.toWritable(socket);
+    const parts: Buffer[] = [];
+    let text = `*${args.length + 1}\r\n$${this.name.length}\r\n${this.name}\r\n`;
+    for (const a of args) {
+      if (typeof a === 'string') {
+        text += `$${Buffer.byteLength(a)}\r\n${a}\r\n`;
+        continue;
+      }
+      parts.push(Buffer.from(`${text}$${a.length}\r\n`), a);
+      text = '\r\n';
+    }
+    parts.push(Buffer.from(text));
+    return Buffer.concat(parts);
+  }
 }
 
 /**
@@ -95,10 +116,13 @@ interface Batch {
 interface Queued {
   keys: string[];
   requestId: string;
-  packed: string;
+  packed: Buffer;
   resolve(reply: number[]): void;
   reject(err: unknown): void;
 }
+
+/** decide.lua's op kinds (its KIND table). */
+const OP_KIND = { window: 1, slot: 2, budget: 3 } as const;
 
 /** Lua has no Infinity on the wire; an unlimited value is the largest exact integer. */
 const num = (x: number): number => (Number.isFinite(x) ? x : Number.MAX_SAFE_INTEGER);
@@ -223,20 +247,29 @@ export class RedisStore implements LimiterStore {
     const p = this.prefix;
     const res = d.reservation;
     const keys: string[] = [];
-    // Joined into one argument below (the request id travels apart: it is any string).
-    const args: (string | number)[] = [
-      d.atomic ? 1 : 0,
-      d.dryRun ? 1 : 0,
-      res ? Math.max(1, Math.ceil(res.ttlMs)) : 0,
-      idx.length,
-    ];
+    // One argument of little-endian doubles (the request id travels apart: it is any string): Lua
+    // reads it with one struct.unpack, where splitting text and tonumber on each field cost ~8 µs.
+    const packed = Buffer.allocUnsafe(8 * (4 + 5 * idx.length));
+    packed.writeDoubleLE(d.atomic ? 1 : 0, 0);
+    packed.writeDoubleLE(d.dryRun ? 1 : 0, 8);
+    packed.writeDoubleLE(res ? Math.max(1, Math.ceil(res.ttlMs)) : 0, 16);
+    packed.writeDoubleLE(idx.length, 24);
+    let at = 32;
+    const put = (kind: number, limit: number, p1: number, p2: number, p3: number): void => {
+      packed.writeDoubleLE(kind, at);
+      packed.writeDoubleLE(num(limit), at + 8);
+      packed.writeDoubleLE(p1, at + 16);
+      packed.writeDoubleLE(p2, at + 24);
+      packed.writeDoubleLE(p3, at + 32);
+      at += 40;
+    };
     for (const i of idx) {
       const op = d.ops[i]!;
       keys.push(p + op.key);
       if (op.kind === 'window') {
-        args.push(
-          'w',
-          num(op.limit),
+        put(
+          OP_KIND.window,
+          op.limit,
           op.windowMs,
           op.cost,
           (op.shadow ? 1 : 0) + (op.reserve === false ? 2 : 0),
@@ -246,15 +279,14 @@ export class RedisStore implements LimiterStore {
         keys.push(p + op.key + HELD_SUFFIX);
         const counted = op.expiredKey !== undefined && (op.expiredWindowMs ?? 0) > 0;
         if (counted) keys.push(p + op.expiredKey);
-        args.push('s', num(op.limit), op.leaseMs, counted ? op.expiredWindowMs! : 0, op.longHeldMs ?? -1);
+        put(OP_KIND.slot, op.limit, op.leaseMs, counted ? op.expiredWindowMs! : 0, op.longHeldMs ?? -1);
       } else {
-        args.push('b', num(op.limit), op.periodEndMs, 0, 0);
+        put(OP_KIND.budget, op.limit, op.periodEndMs, 0, 0);
       }
     }
     if (res) keys.push(p + res.key);
     const slot = this.assertOneSlot(keys, 'decision');
     const requestId = res ? res.requestId : '';
-    const packed = args.join(' ');
     return new Promise((resolve, reject) => this.enqueue(slot, { keys, requestId, packed, resolve, reject }));
   }
 
@@ -284,10 +316,14 @@ export class RedisStore implements LimiterStore {
 
   private async sendBatch(batch: Queued[]): Promise<void> {
     const keys: string[] = [];
-    const args: (string | number)[] = [this.clockArg(), batch.length];
+    const args: (string | number | Buffer)[] = [
+      this.clockArg(),
+      batch.length,
+      batch.length === 1 ? batch[0]!.packed : Buffer.concat(batch.map((q) => q.packed)),
+    ];
     for (const q of batch) {
       for (const k of q.keys) keys.push(k);
-      args.push(q.keys.length, q.requestId, q.packed);
+      args.push(q.keys.length, q.requestId);
     }
     let replies: (Buffer | Error)[];
     try {
@@ -376,7 +412,7 @@ export class RedisStore implements LimiterStore {
   private async run<T>(
     script: Script,
     keys: string[],
-    args: (string | number)[],
+    args: (string | number | Buffer)[],
     binary = false,
   ): Promise<T> {
     const send = (name: 'evalsha' | 'eval', body: string) =>
