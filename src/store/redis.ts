@@ -330,8 +330,14 @@ export class RedisStore implements LimiterStore {
 
   private readonly flush = (): void => {
     this.flushing = false;
-    for (const batch of this.queued.values()) void this.sendBatch(batch.items);
-    this.queued.clear();
+    // Deleted one by one, not cleared: Map.clear() leaves the old table, entries and all, linked to
+    // its successor, and once one such table is promoted it keeps every later batch alive until a
+    // full GC (each decision's batch, promise and reply were promoted: ~750 bytes a decision at 8 in
+    // flight, ~45 with delete; --trace-gc-nvp on a store-only driver).
+    for (const [slot, batch] of this.queued) {
+      this.queued.delete(slot);
+      void this.sendBatch(batch.items);
+    }
   };
 
   private async sendBatch(batch: Queued[]): Promise<void> {
