@@ -105,6 +105,14 @@ export class ScriptCommand extends Command {
  */
 export const MAX_BATCH = 32;
 export const MAX_BATCH_KEYS = 144;
+/**
+ * While no script call is in flight, Redis is idle: a call leaves once it is a quarter full, so Redis
+ * starts on it while the turn decodes the rest, instead of after the whole turn. Scenario c at half load
+ * (8 in flight), alternated with calls that wait for the turn: p99 2.80–3.06 vs 3.31–4.27 ms, p50
+ * 1.27–1.39 vs 1.45–1.47 ms; at peak calls are in flight and stay full (decisions/s unchanged, 3 pairs).
+ */
+export const IDLE_BATCH = MAX_BATCH / 4;
+export const IDLE_BATCH_KEYS = MAX_BATCH_KEYS / 4;
 
 /** Decisions waiting for one script call, and their keys. */
 interface Batch {
@@ -173,6 +181,8 @@ export class RedisStore implements LimiterStore {
   /** Decisions waiting for this turn's flush, by cluster slot (0 off a cluster). */
   private readonly queued = new Map<number, Batch>();
   private flushing = false;
+  /** Decide calls sent and not yet answered. */
+  private inFlight = 0;
 
   constructor(
     readonly client: Redis | Cluster,
@@ -318,7 +328,11 @@ export class RedisStore implements LimiterStore {
     }
     batch.items.push(q);
     batch.keys += q.keys.length;
-    if (batch.items.length >= MAX_BATCH || batch.keys >= MAX_BATCH_KEYS) {
+    const idle = this.inFlight === 0;
+    if (
+      batch.items.length >= (idle ? IDLE_BATCH : MAX_BATCH) ||
+      batch.keys >= (idle ? IDLE_BATCH_KEYS : MAX_BATCH_KEYS)
+    ) {
       this.queued.delete(slot);
       void this.sendBatch(batch.items);
     } else if (!this.flushing) {
@@ -352,11 +366,14 @@ export class RedisStore implements LimiterStore {
       args.push(q.keys.length, q.requestId);
     }
     let replies: (Buffer | Error)[];
+    this.inFlight++;
     try {
       replies = await this.run<(Buffer | Error)[]>(SCRIPTS.decide, keys, args, true);
     } catch (err) {
       for (const q of batch) q.reject(err);
       return;
+    } finally {
+      this.inFlight--;
     }
     batch.forEach((q, i) => {
       const r = replies[i]!;

@@ -3,7 +3,7 @@ import { type Command, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
 import { RkError } from '../../src/errors.js';
 import { createStore, withFailureMode } from '../../src/store/factory.js';
-import { MAX_BATCH, MAX_BATCH_KEYS } from '../../src/store/redis.js';
+import { IDLE_BATCH, IDLE_BATCH_KEYS, MAX_BATCH, MAX_BATCH_KEYS } from '../../src/store/redis.js';
 import type { Decision, Op } from '../../src/store/store.js';
 import { StoreUnavailableError } from '../../src/store/store.js';
 import { startRedis, startRedisSentinel } from '../harness/redis.js';
@@ -159,7 +159,7 @@ describe('redis store', () => {
     await s.close();
   });
 
-  it('splits decisions issued together into calls of at most MAX_BATCH, in order', async () => {
+  it('splits decisions issued together into calls of at most MAX_BATCH, the first IDLE_BATCH, in order', async () => {
     const s = await redisStore({ kind: 'redis', url }, { clockRefreshMs: 3_600_000 });
     await s.store.decide({ ops: [win('{split}:w', 100)], atomic: true });
     await s.store.syncClock();
@@ -174,12 +174,18 @@ describe('redis store', () => {
     const sent = await mon.drain();
     expect(sent.map((c) => c[0])).toEqual(['evalsha', 'evalsha', 'evalsha']);
     // decide.lua's ARGV[2]: the decisions a call carries (EVALSHA sha numkeys key… clock count …).
-    expect(sent.map((c) => Number(c[3 + Number(c[2]) + 1]))).toEqual([MAX_BATCH, MAX_BATCH, 1]);
+    // The first call leaves while Redis is idle; the next ones fill up behind it.
+    expect(IDLE_BATCH).toBeLessThan(MAX_BATCH);
+    expect(sent.map((c) => Number(c[3 + Number(c[2]) + 1]))).toEqual([
+      IDLE_BATCH,
+      MAX_BATCH,
+      n - IDLE_BATCH - MAX_BATCH,
+    ]);
     mon.close();
     await s.close();
   });
 
-  it('closes a call once its decisions carry MAX_BATCH_KEYS keys', async () => {
+  it('closes a call once its decisions carry MAX_BATCH_KEYS keys (IDLE_BATCH_KEYS while none is in flight)', async () => {
     const s = await redisStore({ kind: 'redis', url }, { clockRefreshMs: 3_600_000 });
     const ops = Array.from({ length: 10 }, (_, i) => win(`{keys}:w${i}`, 1000));
     await s.store.decide({ ops, atomic: true });
@@ -192,7 +198,9 @@ describe('redis store', () => {
     const results = await Promise.all(Array.from({ length: n }, () => s.store.decide({ ops, atomic: true })));
     expect(results.map((r) => r.states[9]!.used)).toEqual(Array.from({ length: n }, (_, i) => i + 2));
     const sent = await mon.drain();
-    expect(sent.map((c) => Number(c[3 + Number(c[2]) + 1]))).toEqual([perCall, perCall, 1]);
+    const first = Math.ceil(IDLE_BATCH_KEYS / ops.length);
+    expect(first).toBeLessThan(perCall);
+    expect(sent.map((c) => Number(c[3 + Number(c[2]) + 1]))).toEqual([first, perCall, n - first - perCall]);
     mon.close();
     await s.close();
   });
