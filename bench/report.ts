@@ -33,6 +33,7 @@ const COLUMNS: [string, (p: Pass) => string][] = [
   ['p99.9 ms', (p) => f(p.latency.p999, 2)],
   ['srv CPU ms/1k', (p) => f(p.serverCpuMsPer1k, 1)],
   ['srv CPU', (p) => pct(p.serverCpuShare)],
+  ['srv GC ms/1k', (p) => f(p.gcMsPer1k, 1)],
   ['client CPU', (p) => pct(p.clientCpuShare)],
   ['redis CPU', (p) => pct(p.redisCpuShare)],
   ['others', (p) => (p.othersCores === undefined ? '-' : `${p.othersCores.toFixed(2)}c`)],

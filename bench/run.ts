@@ -217,6 +217,8 @@ export interface Pass {
   latency: LatencySummary;
   serverCpuShare?: number;
   serverCpuMsPer1k?: number;
+  /** The real server's GC pauses (every kind), ms per 1,000 decisions: from its own metrics. */
+  gcMsPer1k?: number;
   clientCpuShare?: number;
   redisCpuShare?: number;
   redisCallsPerDecision?: number;
@@ -260,21 +262,32 @@ interface Window {
   jiffies: { total: number; idle: number };
   at: number;
   stats?: Promise<Map<string, CommandStat>>;
-  failures?: Promise<number>;
+  scrape?: Promise<Scrape>;
+}
+
+/** Counters read from the real server's metrics endpoint. */
+interface Scrape {
+  failures: number;
+  gcSeconds: number;
 }
 
 /** Decisions answered without the store (fail-open) or failed: they are not what the figures claim. */
 const FAILURE_METRICS = ['ratekeeper_store_failures_total', 'ratekeeper_rpc_errors_total'];
+/** prom-client's GC pauses, one series per kind (minor, major, incremental, weakcb). */
+const GC_SUM = 'ratekeeper_nodejs_gc_duration_seconds_sum';
 
-const scrapeFailures = async (url: string): Promise<number> => {
+const scrapeServer = async (url: string): Promise<Scrape> => {
   const text = await (await fetch(url)).text();
-  let n = 0;
+  const out: Scrape = { failures: 0, gcSeconds: 0 };
   for (const line of text.split('\n')) {
-    if (FAILURE_METRICS.some((m) => line.startsWith(m)))
-      n += Number(line.slice(line.lastIndexOf(' ') + 1)) || 0;
+    const value = () => Number(line.slice(line.lastIndexOf(' ') + 1)) || 0;
+    if (FAILURE_METRICS.some((m) => line.startsWith(m))) out.failures += value();
+    else if (line.startsWith(GC_SUM)) out.gcSeconds += value();
   }
-  return n;
+  return out;
 };
+
+const NO_SCRAPE: Scrape = { failures: Number.NaN, gcSeconds: Number.NaN };
 
 const NCPU = cpus().length;
 
@@ -284,7 +297,7 @@ const snapshot = (target: Target | undefined, redis: BenchRedis | undefined): Wi
   jiffies: machineJiffies(),
   at: performance.now(),
   ...(redis ? { stats: commandStats(redis.admin) } : {}),
-  ...(target?.metrics ? { failures: scrapeFailures(target.metrics).catch(() => Number.NaN) } : {}),
+  ...(target?.metrics ? { scrape: scrapeServer(target.metrics).catch(() => NO_SCRAPE) } : {}),
 });
 
 interface Measured {
@@ -294,6 +307,7 @@ interface Measured {
   othersCores: number;
   commands?: { calls: Record<string, number>; usec: Record<string, number> };
   failures?: number;
+  gcMs?: number;
 }
 
 const measure = async (w0: Window, w1: Window, ownCpuMs: number): Promise<Measured> => {
@@ -305,7 +319,11 @@ const measure = async (w0: Window, w1: Window, ownCpuMs: number): Promise<Measur
   const ours = (serverCpuMs + redisCpuMs + ownCpuMs) / ms;
   const result: Measured = { ms, serverCpuMs, redisCpuMs, othersCores: Math.max(0, busyCores - ours) };
   if (w0.stats && w1.stats) result.commands = diffStats(await w0.stats, await w1.stats);
-  if (w0.failures && w1.failures) result.failures = (await w1.failures) - (await w0.failures);
+  if (w0.scrape && w1.scrape) {
+    const [a, b] = [await w0.scrape, await w1.scrape];
+    result.failures = b.failures - a.failures;
+    result.gcMs = (b.gcSeconds - a.gcSeconds) * 1000;
+  }
   return result;
 };
 
@@ -577,6 +595,7 @@ const finishPass = (
     latency: r.latency,
     serverCpuShare,
     serverCpuMsPer1k: inWindow > 0 ? (serverCpuMs * 1000) / inWindow : Number.NaN,
+    ...(m.gcMs !== undefined && inWindow > 0 ? { gcMsPer1k: (m.gcMs * 1000) / inWindow } : {}),
     clientCpuShare: r.clientCpuShare,
     ...(redisCpuShare !== undefined ? { redisCpuShare } : {}),
     othersCores: m.othersCores,
