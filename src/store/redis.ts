@@ -75,25 +75,52 @@ export class ScriptCommand extends Command {
 
   /**
    * ioredis writes a command with a binary argument (decide's numbers) as a list of pieces it copies
-   * one by one, ~3× its cost for strings: here the text around each binary argument is one string.
+   * one by one, ~3× its cost for strings: here every argument is written in place into one buffer.
+   * (Building the text around the binary argument as one string first cost as much CPU and allocated
+   * ~2.6 KB more per (c) decision: 9.5 vs 6.9 KB in a store-only driver.)
    */
   override toWritable(socket: object): string | Buffer {
     const args = this.args as (string | Buffer)[];
     if (!args.some(Buffer.isBuffer)) return super.toWritable(socket);
-    const parts: Buffer[] = [];
-    let text = `*${args.length + 1}\r\n$${this.name.length}\r\n${this.name}\r\n`;
-    for (const a of args) {
-      if (typeof a === 'string') {
-        text += `$${Buffer.byteLength(a)}\r\n${a}\r\n`;
-        continue;
-      }
-      parts.push(Buffer.from(`${text}$${a.length}\r\n`), a);
-      text = '\r\n';
+    const lens = new Array<number>(args.length);
+    let size = headSize(args.length + 1) + headSize(this.name.length) + this.name.length + 2;
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i]!;
+      const n = typeof a === 'string' ? Buffer.byteLength(a) : a.length;
+      lens[i] = n;
+      size += headSize(n) + n + 2;
     }
-    parts.push(Buffer.from(text));
-    return Buffer.concat(parts);
+    const out = Buffer.allocUnsafe(size);
+    let at = writeHead(out, 0, ARRAY, args.length + 1);
+    at = writeHead(out, at, BULK, this.name.length);
+    at = crlf(out, at + out.write(this.name, at, 'latin1'));
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i]!;
+      at = writeHead(out, at, BULK, lens[i]!);
+      at = crlf(out, at + (typeof a === 'string' ? out.write(a, at) : a.copy(out, at)));
+    }
+    return out;
   }
 }
+
+/** RESP's `*` (array of n) and `$` (bulk string of n bytes). */
+const ARRAY = 0x2a;
+const BULK = 0x24;
+
+/** Bytes of `<mark><n>\r\n`. */
+const headSize = (n: number): number => 3 + String(n).length;
+
+const crlf = (out: Buffer, at: number): number => {
+  out[at] = 13;
+  out[at + 1] = 10;
+  return at + 2;
+};
+
+/** Writes `<mark><n>\r\n` at `at`; returns the offset after it. */
+const writeHead = (out: Buffer, at: number, mark: number, n: number): number => {
+  out[at] = mark;
+  return crlf(out, at + 1 + out.write(String(n), at + 1, 'latin1'));
+};
 
 /**
  * Decisions issued in one event-loop turn (to one cluster slot) go out as one script call: under load
