@@ -46,6 +46,7 @@ import {
 } from './redis.js';
 import { formatTable } from './report.js';
 import { buildRequests, grpcFrame, type RequestShape, SERVICE_PATH } from './requests.js';
+import { type ServerCounters, scrapeServer } from './server-metrics.js';
 import type { LatencySummary } from './stats.js';
 
 export interface Options {
@@ -262,32 +263,10 @@ interface Window {
   jiffies: { total: number; idle: number };
   at: number;
   stats?: Promise<Map<string, CommandStat>>;
-  scrape?: Promise<Scrape>;
+  scrape?: Promise<ServerCounters>;
 }
 
-/** Counters read from the real server's metrics endpoint. */
-interface Scrape {
-  failures: number;
-  gcSeconds: number;
-}
-
-/** Decisions answered without the store (fail-open) or failed: they are not what the figures claim. */
-const FAILURE_METRICS = ['ratekeeper_store_failures_total', 'ratekeeper_rpc_errors_total'];
-/** prom-client's GC pauses, one series per kind (minor, major, incremental, weakcb). */
-const GC_SUM = 'ratekeeper_nodejs_gc_duration_seconds_sum';
-
-const scrapeServer = async (url: string): Promise<Scrape> => {
-  const text = await (await fetch(url)).text();
-  const out: Scrape = { failures: 0, gcSeconds: 0 };
-  for (const line of text.split('\n')) {
-    const value = () => Number(line.slice(line.lastIndexOf(' ') + 1)) || 0;
-    if (FAILURE_METRICS.some((m) => line.startsWith(m))) out.failures += value();
-    else if (line.startsWith(GC_SUM)) out.gcSeconds += value();
-  }
-  return out;
-};
-
-const NO_SCRAPE: Scrape = { failures: Number.NaN, gcSeconds: Number.NaN };
+const NO_SCRAPE: ServerCounters = { failures: Number.NaN, gcSeconds: Number.NaN };
 
 const NCPU = cpus().length;
 

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { decisionsPerCall } from '../../bench/redis.js';
 import { targets } from '../../bench/report.js';
 import type { Pass } from '../../bench/run.js';
+import { parseServerMetrics } from '../../bench/server-metrics.js';
 
 const latency = (p99: number) => ({ p50: p99 / 4, p99, p999: p99 * 2, max: p99 * 3, mean: p99 / 3 });
 
@@ -54,5 +55,22 @@ describe('decisionsPerCall', () => {
   it('counts 1 for a line not shaped as a decide call', () => {
     expect(decisionsPerCall(['evalsha', 'abc', '1', 'k', '0'])).toBe(1);
     expect(decisionsPerCall(['get', 'k'])).toBe(1);
+  });
+});
+
+describe('server metrics read around a pass', () => {
+  it('sums both failure counters over their labels and GC pauses over every kind, nothing else', () => {
+    const text = [
+      '# HELP ratekeeper_store_failures_total Store calls that failed.',
+      'ratekeeper_store_failures_total{op="decide"} 3',
+      'ratekeeper_store_failures_total{op="settle"} 2',
+      'ratekeeper_rpc_errors_total{service="rls"} 1',
+      'ratekeeper_nodejs_gc_duration_seconds_sum{kind="minor"} 0.25',
+      'ratekeeper_nodejs_gc_duration_seconds_sum{kind="major"} 0.125',
+      'ratekeeper_nodejs_gc_duration_seconds_count{kind="minor"} 40',
+      'ratekeeper_nodejs_gc_duration_seconds_bucket{le="0.001",kind="minor"} 30',
+      'ratekeeper_decisions_total{code="OK"} 1000',
+    ].join('\n');
+    expect(parseServerMetrics(text)).toEqual({ failures: 6, gcSeconds: 0.375 });
   });
 });
