@@ -51,17 +51,6 @@ export type Metric =
 export type Scope = 'key' | 'account_model';
 export type UsageKind = 'tokens' | 'tokens_in' | 'tokens_out';
 
-const ENTRY_NAMES = [
-  'key',
-  'model',
-  'tier',
-  'account',
-  'tokens',
-  'tokens_in',
-  'tokens_out',
-  'request_id',
-  'usage',
-];
 type EntryName =
   | 'key'
   | 'model'
@@ -72,6 +61,17 @@ type EntryName =
   | 'tokens_out'
   | 'request_id'
   | 'usage';
+const ENTRY_NAMES = new Set<string>([
+  'key',
+  'model',
+  'tier',
+  'account',
+  'tokens',
+  'tokens_in',
+  'tokens_out',
+  'request_id',
+  'usage',
+]);
 const NUMERIC = new Set<EntryName>(['tokens', 'tokens_in', 'tokens_out']);
 
 /** The merged entries of every LLM descriptor of one request. */
@@ -84,8 +84,6 @@ export interface LlmRequest {
   tokensIn?: number;
   tokensOut?: number;
   requestId?: string;
-  /** Field path of each entry (first occurrence), for INVALID_ARGUMENT. */
-  at: Partial<Record<EntryName, string>>;
 }
 
 /** What a descriptor's status reports: nothing (not LLM), the key's limits, or account × model's. */
@@ -111,67 +109,83 @@ const parseCount = (value: string, field: string): number => {
   return n;
 };
 
-/** Merges the LLM descriptors' entries; the same entry with two values is INVALID_ARGUMENT. */
+const valueField = (i: number, j: number): string => `descriptors[${i}].entries[${j}].value`;
+
+const hasKeyEntry = (entries: DescriptorInput['entries']): boolean => {
+  for (const e of entries) if (e.key === 'key') return true;
+  return false;
+};
+
+/**
+ * Merges the LLM descriptors' entries; the same entry with two values is INVALID_ARGUMENT. Runs on
+ * every decision: an entry's field path is built only for an error, from where it was first seen.
+ */
 export function parseInferenceRequest(
   descriptors: readonly DescriptorInput[],
   hitsAddend: number,
 ): ParsedInference {
   const values: Partial<Record<EntryName, string>> = {};
-  const at: Partial<Record<EntryName, string>> = {};
+  const firstAt: Partial<Record<EntryName, number>> = {};
   const scopes: DescriptorScope[] = [];
   let usage: Partial<Record<UsageKind, number>> | undefined;
-  descriptors.forEach((d, i) => {
-    if (!d.entries.some((e) => e.key === 'key')) {
+  for (let i = 0; i < descriptors.length; i++) {
+    const d = descriptors[i]!;
+    if (!hasKeyEntry(d.entries)) {
       scopes.push('none');
-      return;
+      continue;
     }
     let hasModel = false;
-    d.entries.forEach((e, j) => {
-      if (!ENTRY_NAMES.includes(e.key)) return;
+    for (let j = 0; j < d.entries.length; j++) {
+      const e = d.entries[j]!;
+      if (!ENTRY_NAMES.has(e.key)) continue;
       const name = e.key as EntryName;
-      const field = `descriptors[${i}].entries[${j}].value`;
-      if (e.value.length > MAX_VALUE_LENGTH) throw invalid(field, `at most ${MAX_VALUE_LENGTH} characters`);
+      if (e.value.length > MAX_VALUE_LENGTH)
+        throw invalid(valueField(i, j), `at most ${MAX_VALUE_LENGTH} characters`);
       if (name === 'model') hasModel = true;
       if (name === 'usage') {
         if (e.value !== 'tokens' && e.value !== 'tokens_in' && e.value !== 'tokens_out') {
           throw invalid(
-            field,
+            valueField(i, j),
             `usage must be tokens, tokens_in or tokens_out, got "${e.value.slice(0, 32)}"`,
           );
         }
         usage ??= {};
-        at.usage ??= field;
-        if (usage[e.value] !== undefined) throw invalid(field, `usage "${e.value}" is given twice`);
+        if (usage[e.value] !== undefined)
+          throw invalid(valueField(i, j), `usage "${e.value}" is given twice`);
         const raw = d.hitsAddend ?? hitsAddend;
         const amount = Number(raw);
         if (amount > MAX_TOKENS)
           throw invalid(`descriptors[${i}].hits_addend`, `at most ${MAX_TOKENS}, got ${raw}`);
         usage[e.value] = amount;
-        return;
+        continue;
       }
-      if (NUMERIC.has(name)) parseCount(e.value, field);
+      if (NUMERIC.has(name)) parseCount(e.value, valueField(i, j));
       const prev = values[name];
       if (prev === undefined) {
         values[name] = e.value;
-        at[name] = field;
+        // i and j packed in one number: a descriptor has far fewer than 2^16 entries.
+        firstAt[name] = i * 0x10000 + j;
       } else if (prev !== e.value) {
+        const first = firstAt[name]!;
         // Values are not echoed: a `key` entry may be a raw API key, and errors get logged.
-        throw invalid(field, `entry "${name}" differs from the one in ${at[name]}`);
+        throw invalid(
+          valueField(i, j),
+          `entry "${name}" differs from the one in ${valueField(Math.floor(first / 0x10000), first % 0x10000)}`,
+        );
       }
-    });
+    }
     scopes.push(hasModel ? 'model' : 'key');
-  });
+  }
   if (values.key === undefined) return { scopes };
-  const num = (n: EntryName) => (values[n] === undefined ? undefined : Number(values[n]));
-  const llm: LlmRequest = { key: values.key, at };
+  const llm: LlmRequest = { key: values.key };
   if (values.model !== undefined) llm.model = values.model;
   if (values.tier !== undefined) llm.tier = values.tier;
   if (values.account !== undefined) llm.account = values.account;
   if (values.request_id !== undefined) llm.requestId = values.request_id;
-  if (values.tokens !== undefined) llm.tokens = num('tokens')!;
-  if (values.tokens_in !== undefined) llm.tokensIn = num('tokens_in')!;
-  if (values.tokens_out !== undefined) llm.tokensOut = num('tokens_out')!;
-  return { llm, scopes, ...(usage ? { usage } : {}) };
+  if (values.tokens !== undefined) llm.tokens = Number(values.tokens);
+  if (values.tokens_in !== undefined) llm.tokensIn = Number(values.tokens_in);
+  if (values.tokens_out !== undefined) llm.tokensOut = Number(values.tokens_out);
+  return usage ? { llm, scopes, usage } : { llm, scopes };
 }
 
 /**

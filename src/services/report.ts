@@ -158,7 +158,7 @@ export const reportBinding = (deps: Deps): ServiceBinding => {
         const adm = planAdmission(
           policy,
           p,
-          { key: req.key, ...(req.model !== '' ? { model: req.model } : {}), at: {} },
+          { key: req.key, ...(req.model !== '' ? { model: req.model } : {}) },
           nowMs,
           `usage-probe-${nowMs}`,
           true,

@@ -64,4 +64,28 @@ describe('parseInferenceRequest', () => {
     expect(r.scopes).toEqual(['none', 'key', 'model']);
     expect(r.llm).toMatchObject({ key: 'k', model: 'm' });
   });
+
+  it('an entry given twice with different values names both places, not the values', () => {
+    const call = () =>
+      parseInferenceRequest(
+        [
+          { entries: [{ key: 'key', value: 'sk-secret-1' }] },
+          {
+            entries: [
+              { key: 'model', value: 'm' },
+              { key: 'key', value: 'sk-secret-2' },
+            ],
+          },
+        ],
+        0,
+      );
+    expect(call).toThrow(RkError);
+    try {
+      call();
+    } catch (e) {
+      expect((e as RkError).field).toBe('descriptors[1].entries[1].value');
+      expect((e as RkError).message).toContain('differs from the one in descriptors[0].entries[0].value');
+      expect((e as RkError).message).not.toContain('sk-secret');
+    }
+  });
 });
