@@ -51,17 +51,8 @@ export type Metric =
 export type Scope = 'key' | 'account_model';
 export type UsageKind = 'tokens' | 'tokens_in' | 'tokens_out';
 
-type EntryName =
-  | 'key'
-  | 'model'
-  | 'tier'
-  | 'account'
-  | 'tokens'
-  | 'tokens_in'
-  | 'tokens_out'
-  | 'request_id'
-  | 'usage';
-const ENTRY_NAMES = new Set<string>([
+/** The descriptor entries the inference domain reads (contract §2); others are ignored. */
+export const ENTRY_NAMES = [
   'key',
   'model',
   'tier',
@@ -71,7 +62,9 @@ const ENTRY_NAMES = new Set<string>([
   'tokens_out',
   'request_id',
   'usage',
-]);
+] as const;
+type EntryName = (typeof ENTRY_NAMES)[number];
+const ENTRY_NAME_SET = new Set<string>(ENTRY_NAMES);
 const NUMERIC = new Set<EntryName>(['tokens', 'tokens_in', 'tokens_out']);
 
 /** The merged entries of every LLM descriptor of one request. */
@@ -137,7 +130,7 @@ export function parseInferenceRequest(
     let hasModel = false;
     for (let j = 0; j < d.entries.length; j++) {
       const e = d.entries[j]!;
-      if (!ENTRY_NAMES.has(e.key)) continue;
+      if (!ENTRY_NAME_SET.has(e.key)) continue;
       const name = e.key as EntryName;
       if (e.value.length > MAX_VALUE_LENGTH)
         throw invalid(valueField(i, j), `at most ${MAX_VALUE_LENGTH} characters`);

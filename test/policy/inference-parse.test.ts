@@ -1,20 +1,9 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { RkError } from '../../src/errors.js';
-import { MAX_TOKENS, parseInferenceRequest } from '../../src/policy/inference.js';
+import { ENTRY_NAMES, MAX_TOKENS, parseInferenceRequest } from '../../src/policy/inference.js';
 
-const NAMES = [
-  'key',
-  'model',
-  'tier',
-  'account',
-  'tokens',
-  'tokens_in',
-  'tokens_out',
-  'request_id',
-  'usage',
-  'path',
-];
+const NAMES = [...ENTRY_NAMES, 'path'];
 const value = fc.oneof(
   fc.string({ maxLength: 12 }),
   fc.nat().map(String),
