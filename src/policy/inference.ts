@@ -12,7 +12,7 @@ import {
   type WindowName,
 } from '../config/inference.js';
 import { invalid } from '../errors.js';
-import type { Principal } from '../keys/resolve.js';
+import type { KeyHints, Principal } from '../keys/resolve.js';
 import type { Decision, DecisionResult, Op, OpState } from '../store/store.js';
 import { EXPIRED_WINDOW_MS, inferenceKeys as K, periodsAt } from './inference-keys.js';
 
@@ -185,9 +185,9 @@ export function parseInferenceRequest(
  * Descriptor hints for unregistered keys. A tier the policy does not define is ignored (default
  * tier), not refused: the tier comes from a client header, and a refusal would make Envoy fail open.
  */
-export const hintsOf = (req: LlmRequest, policy: InferencePolicy): { account?: string; tier?: string } => ({
-  ...(req.account !== undefined ? { account: req.account } : {}),
-  ...(req.tier !== undefined && policy.tiers.has(req.tier) ? { tier: req.tier } : {}),
+export const hintsOf = (req: LlmRequest, policy: InferencePolicy): KeyHints => ({
+  account: req.account,
+  tier: req.tier !== undefined && policy.tiers.has(req.tier) ? req.tier : undefined,
 });
 
 /** What each op of a decision is, for statuses, headers, bodies and events. */
@@ -214,6 +214,22 @@ export interface Admission {
   principal: Principal;
   model?: string;
 }
+
+/**
+ * An op's meta in one field order, absent fields undefined: render, events and binding read these on
+ * every decision, so they get one object shape, built without spreads (which made several shapes and
+ * a temporary object each).
+ */
+const opMeta = (
+  metric: Metric,
+  scope: Scope,
+  limit: number,
+  windowMs: number,
+  window: WindowName | 'month' | undefined,
+  cost: number,
+  unlimited: boolean | undefined,
+  retryAfterMs: number | undefined,
+): OpMeta => ({ metric, scope, limit, windowMs, window, cost, unlimited, retryAfterMs });
 
 /** A denial decided by policy alone, before any store call. */
 export interface PolicyDenial {
@@ -264,24 +280,27 @@ export function planAdmission(
   const a = p.account;
 
   const periods = periodsAt(nowMs, policy.timezone);
-  const month = { windowMs: periods.monthEndMs - periods.monthStartMs, window: 'month' as const };
-  const day = { windowMs: periods.dayEndMs - periods.dayStartMs, window: 'day' as const };
   const budget = (
     limit: number | undefined,
     key: (account: string, ref: string, period: string) => string,
     metric: Metric,
-    span: typeof month | typeof day,
+    monthly: boolean,
   ) => {
     // Named only when limited: a budget key re-encodes the key's reference (no cache, unlike the rest).
     if (limit === undefined) return;
-    const [period, periodEndMs] =
-      span === month ? [periods.month, periods.monthEndMs] : [periods.day, periods.dayEndMs];
-    ops.push({ kind: 'budget', key: key(a, p.ref, period), limit, periodEndMs });
-    meta.push({ metric, scope: 'key', limit, cost: 0, ...span });
+    const periodEndMs = monthly ? periods.monthEndMs : periods.dayEndMs;
+    const windowMs = periodEndMs - (monthly ? periods.monthStartMs : periods.dayStartMs);
+    ops.push({
+      kind: 'budget',
+      key: key(a, p.ref, monthly ? periods.month : periods.day),
+      limit,
+      periodEndMs,
+    });
+    meta.push(opMeta(metric, 'key', limit, windowMs, monthly ? 'month' : 'day', 0, undefined, undefined));
   };
-  budget(p.caps.monthlyTokens, K.monthlyTokens, 'monthly_tokens', month);
-  budget(p.caps.monthlySpendMicros, K.monthlySpend, 'monthly_spend', month);
-  budget(p.caps.dailySpendMicros, K.dailySpend, 'daily_spend', day);
+  budget(p.caps.monthlyTokens, K.monthlyTokens, 'monthly_tokens', true);
+  budget(p.caps.monthlySpendMicros, K.monthlySpend, 'monthly_spend', true);
+  budget(p.caps.dailySpendMicros, K.dailySpend, 'daily_spend', false);
 
   ops.push({
     kind: 'slot',
@@ -293,25 +312,23 @@ export function planAdmission(
     // The key's own slots (account × model slots are shared with its other keys): runaway signal.
     longHeldMs: policy.signals.runaway.heldLongerThanMs,
   });
-  meta.push({
-    metric: 'concurrency',
-    scope: 'key',
-    limit: tier.concurrent ?? UNLIMITED_SLOTS,
-    windowMs: leaseMs,
-    cost: 1,
-    retryAfterMs,
-    ...(tier.concurrent === undefined ? { unlimited: true } : {}),
-  });
+  meta.push(
+    opMeta(
+      'concurrency',
+      'key',
+      tier.concurrent ?? UNLIMITED_SLOTS,
+      leaseMs,
+      undefined,
+      1,
+      tier.concurrent === undefined,
+      retryAfterMs,
+    ),
+  );
   if (req.model !== undefined && ml?.concurrent !== undefined) {
     ops.push({ kind: 'slot', key: K.modelSlots(a, req.model), limit: ml.concurrent, leaseMs });
-    meta.push({
-      metric: 'concurrency',
-      scope: 'account_model',
-      limit: ml.concurrent,
-      windowMs: leaseMs,
-      cost: 1,
-      retryAfterMs,
-    });
+    meta.push(
+      opMeta('concurrency', 'account_model', ml.concurrent, leaseMs, undefined, 1, false, retryAfterMs),
+    );
   }
 
   const window = (key: string, l: Limit | undefined, metric: Metric, scope: Scope, cost: number) => {
@@ -325,9 +342,9 @@ export function planAdmission(
       limit,
       windowMs: l.windowMs,
       cost,
-      ...(metric === 'requests' ? { reserve: false } : {}),
+      reserve: metric !== 'requests',
     });
-    meta.push({ metric, scope, limit: l.limit, windowMs: l.windowMs, window: l.window, cost });
+    meta.push(opMeta(metric, scope, l.limit, l.windowMs, l.window, cost, false, undefined));
   };
   window(K.keyRequests(a, p.ref, tier.requests?.windowMs ?? 0), tier.requests, 'requests', 'key', 1);
   if (req.model !== undefined) {
@@ -368,7 +385,7 @@ export function planAdmission(
     meta,
     requestId,
     principal: p,
-    ...(req.model !== undefined ? { model: req.model } : {}),
+    model: req.model,
   };
 }
 
