@@ -109,6 +109,16 @@ const hasKeyEntry = (entries: DescriptorInput['entries']): boolean => {
   return false;
 };
 
+/** Where an entry first appears among the LLM descriptors (for an error only: not kept per parse). */
+const firstField = (descriptors: readonly DescriptorInput[], name: EntryName): string => {
+  for (let i = 0; i < descriptors.length; i++) {
+    const entries = descriptors[i]!.entries;
+    if (!hasKeyEntry(entries)) continue;
+    for (let j = 0; j < entries.length; j++) if (entries[j]!.key === name) return valueField(i, j);
+  }
+  return '';
+};
+
 /**
  * Merges the LLM descriptors' entries; the same entry with two values is INVALID_ARGUMENT. Runs on
  * every decision: an entry's field path is built only for an error, from where it was first seen.
@@ -118,7 +128,6 @@ export function parseInferenceRequest(
   hitsAddend: number,
 ): ParsedInference {
   const values: Partial<Record<EntryName, string>> = {};
-  const firstAt: Partial<Record<EntryName, number>> = {};
   const scopes: DescriptorScope[] = [];
   let usage: Partial<Record<UsageKind, number>> | undefined;
   for (let i = 0; i < descriptors.length; i++) {
@@ -156,14 +165,11 @@ export function parseInferenceRequest(
       const prev = values[name];
       if (prev === undefined) {
         values[name] = e.value;
-        // i and j packed in one number: a descriptor has far fewer than 2^16 entries.
-        firstAt[name] = i * 0x10000 + j;
       } else if (prev !== e.value) {
-        const first = firstAt[name]!;
         // Values are not echoed: a `key` entry may be a raw API key, and errors get logged.
         throw invalid(
           valueField(i, j),
-          `entry "${name}" differs from the one in ${valueField(Math.floor(first / 0x10000), first % 0x10000)}`,
+          `entry "${name}" differs from the one in ${firstField(descriptors, name)}`,
         );
       }
     }
@@ -220,14 +226,14 @@ export interface Admission {
  * every decision, so they get one object shape, built without spreads (which made several shapes and
  * a temporary object each).
  */
-const opMeta = (
+export const opMeta = (
   metric: Metric,
   scope: Scope,
   limit: number,
   windowMs: number,
   window: WindowName | 'month' | undefined,
   cost: number,
-  unlimited: boolean | undefined,
+  unlimited: boolean,
   retryAfterMs: number | undefined,
 ): OpMeta => ({ metric, scope, limit, windowMs, window, cost, unlimited, retryAfterMs });
 
@@ -296,7 +302,7 @@ export function planAdmission(
       limit,
       periodEndMs,
     });
-    meta.push(opMeta(metric, 'key', limit, windowMs, monthly ? 'month' : 'day', 0, undefined, undefined));
+    meta.push(opMeta(metric, 'key', limit, windowMs, monthly ? 'month' : 'day', 0, false, undefined));
   };
   budget(p.caps.monthlyTokens, K.monthlyTokens, 'monthly_tokens', true);
   budget(p.caps.monthlySpendMicros, K.monthlySpend, 'monthly_spend', true);

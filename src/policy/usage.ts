@@ -7,7 +7,14 @@ import type { InferencePolicy, Limit, Model, Price } from '../config/inference.j
 import { invalid } from '../errors.js';
 import type { Principal } from '../keys/resolve.js';
 import type { OpState, Settle, SettleResult } from '../store/store.js';
-import { type Metric, modelLimits, type OpMeta, policyModel, RESERVATION_GRACE_MS } from './inference.js';
+import {
+  type Metric,
+  modelLimits,
+  type OpMeta,
+  opMeta,
+  policyModel,
+  RESERVATION_GRACE_MS,
+} from './inference.js';
 import { inferenceKeys as K, periodsAt } from './inference-keys.js';
 
 /** Monthly counters stay readable this long after their month (reports on last month). */
@@ -93,7 +100,7 @@ export function planSettle(
   const windowMeta: OpMeta[] = [];
   const addWindow = (metric: Metric, scope: OpMeta['scope'], l: Limit, key: string, amount: number) => {
     windows.push({ key, windowMs: l.windowMs, limit: l.limit, amount });
-    windowMeta.push({ metric, scope, limit: l.limit, windowMs: l.windowMs, window: l.window, cost: amount });
+    windowMeta.push(opMeta(metric, scope, l.limit, l.windowMs, l.window, amount, false, undefined));
   };
   if (tier.tokens)
     addWindow('tokens', 'key', tier.tokens, K.keyTokens(a, p.ref, tier.tokens.windowMs), total);
@@ -151,15 +158,18 @@ export function planSettle(
     limit: b.cap ?? 0,
     periodEndMs: periodOf[b.period].endMs,
   }));
-  const counterMeta: OpMeta[] = budgets.map((b) => ({
-    metric: b.metric,
-    scope: 'key',
-    limit: b.cap ?? 0,
-    windowMs: periodOf[b.period].lengthMs,
-    window: b.period,
-    cost: b.amount,
-    ...(b.cap === undefined ? { unlimited: true } : {}),
-  }));
+  const counterMeta: OpMeta[] = budgets.map((b) =>
+    opMeta(
+      b.metric,
+      'key',
+      b.cap ?? 0,
+      periodOf[b.period].lengthMs,
+      b.period,
+      b.amount,
+      b.cap === undefined,
+      undefined,
+    ),
+  );
 
   const leaseMs = Math.max(model.leaseMs, policy.leaseMs);
   return {
