@@ -85,7 +85,13 @@ export const runH2load = async (spec: H2Spec): Promise<H2Result> => {
           '-n',
           String(spec.connections * rps * (spec.warmupS + spec.durationS)),
         ]
-      : ['-D', String(spec.durationS), '--warm-up-time', String(spec.warmupS)]),
+      : // In ms: h2load reads a bare number as whole seconds and refuses "0.5".
+        [
+          '-D',
+          `${Math.round(spec.durationS * 1000)}ms`,
+          '--warm-up-time',
+          `${Math.round(spec.warmupS * 1000)}ms`,
+        ]),
     `--log-file=${logFile}`,
     ...spec.headers.flatMap((h) => ['-H', h]),
     ...(rps !== undefined ? [`--rps=${rps}`] : []),

@@ -43,6 +43,7 @@ const COLUMNS: [string, (p: Pass) => string][] = [
   ['redis cmds/dec', (p) => f(p.redisCommandsPerDecision, 2)],
   ['redis µs/dec', (p) => f(p.redisUsPerDecision, 1)],
   ['vs empty', (p) => pct(p.vsEmpty)],
+  ['vs h2', (p) => pct(p.vsH2)],
   ['vs script', (p) => pct(p.vsScript)],
   ['errors', (p) => (Object.keys(p.errors).length ? JSON.stringify(p.errors) : '')],
   ['limited by', (p) => p.limitedBy],
@@ -60,7 +61,7 @@ export const targets = (passes: Pass[]): string[] => {
   const at = (id: string, mode: Pass['mode']) => passes.find((p) => p.scenario === id && p.mode === mode);
   const latency = (p: Pass) => `p99 ${f(p.latency.p99, 2)} ms at ${f(p.rate)}/s`;
   for (const id of [...new Set(passes.map((p) => p.scenario))]) {
-    if (id.startsWith('script:')) continue;
+    if (id.startsWith('script:') || id === 'empty:h2') continue;
     const peaks = passes.filter((p) => p.scenario === id && p.mode === 'peak');
     const best = peaks.find((p) => p.driver === 'h2load') ?? peaks[0];
     const parts: string[] = [];
@@ -113,7 +114,7 @@ export const formatTable = (r: Report): string => {
     ...targets(r.passes),
     '',
     'CPU shares are of one core over the measured window; "others" is CPU used by processes outside the bench.',
-    'vs empty: against the empty grpc-js server driven by the same client; vs script: against the best replay of the same Redis script.',
+    'vs empty: against the empty grpc-js server driven by the same client (the targets); vs h2: against the empty node:http2 server (h2load), the framework the gRPC port answers unary calls on; vs script: against the best replay of the same Redis script.',
     ...r.notes.map((n) => `note: ${n}`),
   ].join('\n');
 };

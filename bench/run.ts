@@ -241,6 +241,8 @@ export interface Pass {
    */
   emptyNearby?: number[];
   vsEmpty?: number;
+  /** h2load peak passes: against the empty node:http2 server (mean of its passes before and after the scenarios). */
+  vsH2?: number;
   vsScript?: number;
   limitedBy: string;
 }
@@ -428,12 +430,13 @@ const startRatekeeper = async (
   };
 };
 
-const startEmpty = async (nodeOptions: string[], req: RateLimitRequest): Promise<Target> => {
+/** An empty ceiling: `./empty-server` (grpc-js) or `./empty-h2-server` (node:http2). */
+const startEmpty = async (nodeOptions: string[], req: RateLimitRequest, script: string): Promise<Target> => {
   const port = await freePort();
   const child = startChild(process.execPath, [
     ...process.execArgv,
     ...nodeOptions,
-    sibling(import.meta.url, './empty-server'),
+    sibling(import.meta.url, script),
     String(port),
   ]);
   const grpcAddr = `127.0.0.1:${port}`;
@@ -449,6 +452,8 @@ interface Ctx {
   h2load: boolean;
   /** The empty server, up for the whole run (idle between its passes). */
   empty: Target;
+  /** The empty node:http2 server, when h2load runs (only h2load drives it). */
+  emptyH2?: Target;
 }
 
 /** What the empty server is driven with (it answers any request with the same constant OK). */
@@ -879,6 +884,13 @@ const emptyCeiling = async (ctx: Ctx, again = false) => {
   const target = ctx.empty;
   ctx.passes.push(await nodePass(ctx, 'empty', title, target, undefined, EMPTY_SHAPE, 'grpc'));
   if (ctx.h2load) ctx.passes.push(await emptyH2Peak(ctx, title));
+  if (ctx.emptyH2) {
+    const h2Title = `ceiling: empty node:http2 server (the gRPC port's unary framework)${again ? ', again' : ''}`;
+    log(h2Title);
+    ctx.passes.push(
+      await h2Pass(ctx, 'empty:h2', h2Title, ctx.emptyH2, undefined, EMPTY_REQ, 'grpc', { mode: 'peak' }),
+    );
+  }
   if (ctx.o.paced && !again) {
     await pacedPass(ctx, 'empty', title, target, undefined, EMPTY_SHAPE, 'grpc', true);
     if (ctx.h2load) await halfLoadPass(ctx, 'empty', title, target, undefined, EMPTY_REQ, 'grpc');
@@ -898,6 +910,12 @@ const addRatios = (passes: Pass[], notes: string[]) => {
   for (const p of passes)
     if (p.scenario === 'empty' && p.mode === 'peak')
       rates.set(p.driver, [...(rates.get(p.driver) ?? []), p.rate]);
+  const h2Rates = passes.filter((p) => p.scenario === 'empty:h2').map((p) => p.rate);
+  const emptyH2 = h2Rates.length ? mean(h2Rates) : 0;
+  if (h2Rates.length > 1)
+    notes.push(
+      `empty node:http2 server (h2load) before / after the scenarios: ${perS(h2Rates)}; vs h2 uses their mean`,
+    );
   const emptyBy = new Map<Driver, number>();
   for (const [driver, r] of rates) {
     emptyBy.set(driver, mean(r));
@@ -908,7 +926,7 @@ const addRatios = (passes: Pass[], notes: string[]) => {
   }
   const script = (id: string) => peakOf(passes, `script:${id}`);
   for (const p of passes) {
-    if (p.mode !== 'peak' || p.scenario === 'empty' || p.scenario.startsWith('script:')) continue;
+    if (p.mode !== 'peak' || p.scenario.startsWith('empty') || p.scenario.startsWith('script:')) continue;
     const near = p.emptyNearby;
     if (near)
       notes.push(
@@ -916,6 +934,7 @@ const addRatios = (passes: Pass[], notes: string[]) => {
       );
     const e = near ? mean(near) : emptyBy.get(p.driver === 'connect-node' ? 'grpc-js' : p.driver);
     if (e) p.vsEmpty = p.rate / e;
+    if (emptyH2 && p.driver === 'h2load') p.vsH2 = p.rate / emptyH2;
     const sid = p.scenario === 'd' ? 'c' : p.scenario;
     const sc = SCENARIOS[p.scenario]?.store === 'redis' ? script(sid) : 0;
     if (sc) p.vsScript = p.rate / sc;
@@ -929,8 +948,9 @@ export const main = async (argv: string[]): Promise<number> => {
   const h2load = o.h2load && h2loadAvailable();
   const startedAt = new Date();
   const load0 = loadavg();
-  const empty = await startEmpty(o.serverNodeOptions, EMPTY_REQ);
-  const ctx: Ctx = { o, dir, passes: [], notes: [], h2load, empty };
+  const empty = await startEmpty(o.serverNodeOptions, EMPTY_REQ, './empty-server');
+  const emptyH2 = h2load ? await startEmpty(o.serverNodeOptions, EMPTY_REQ, './empty-h2-server') : undefined;
+  const ctx: Ctx = { o, dir, passes: [], notes: [], h2load, empty, ...(emptyH2 ? { emptyH2 } : {}) };
   if (o.h2load && !ctx.h2load)
     ctx.notes.push('h2load not installed (apt-get install -y nghttp2-client): h2load passes skipped');
   let redis: BenchRedis | undefined;
@@ -948,6 +968,11 @@ export const main = async (argv: string[]): Promise<number> => {
   } finally {
     const rss = peakRssMb(empty.pid);
     for (const p of ctx.passes) if (p.scenario === 'empty') p.peakRssMb = rss;
+    if (emptyH2) {
+      const rssH2 = peakRssMb(emptyH2.pid);
+      for (const p of ctx.passes) if (p.scenario === 'empty:h2') p.peakRssMb = rssH2;
+      await emptyH2.stop();
+    }
     await empty.stop();
     await redis?.stop();
   }

@@ -3,6 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { h2loadAvailable } from '../../bench/h2load.js';
 
 const out = mkdtempSync(join(tmpdir(), 'rk-bench-test-'));
 afterAll(() => rmSync(out, { recursive: true, force: true }));
@@ -82,6 +83,36 @@ describe('bench harness', () => {
     expect(a?.serverCpuMsPer1k).toBeGreaterThan(0);
     expect(a?.errors).toEqual({});
   }, 90_000);
+
+  it.skipIf(!h2loadAvailable())(
+    'with h2load, also rates a scenario against the empty node:http2 server measured before and after',
+    async () => {
+      const dir = mkdtempSync(join(out, 'h2-'));
+      const r = await bench([
+        '--scenarios',
+        'a',
+        '--duration',
+        '1',
+        '--warmup',
+        '0.5',
+        '--no-paced',
+        '--out',
+        dir,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/vs h2/);
+      const file = readdirSync(dir).find((f) => f.endsWith('.json')) as string;
+      const json = JSON.parse(readFileSync(join(dir, file), 'utf8')) as {
+        passes: { scenario: string; driver: string; mode: string; rate: number; vsH2?: number }[];
+      };
+      const h2 = json.passes.filter((p) => p.scenario === 'empty:h2');
+      expect(h2).toHaveLength(2);
+      for (const p of h2) expect(p.rate).toBeGreaterThan(0);
+      const a = json.passes.find((p) => p.scenario === 'a' && p.driver === 'h2load' && p.mode === 'peak');
+      expect(a?.vsH2).toBeCloseTo((a?.rate ?? 0) / ((h2[0]!.rate + h2[1]!.rate) / 2), 6);
+    },
+    90_000,
+  );
 
   it('refuses an unknown scenario with a message naming the flag', async () => {
     const r = await bench(['--scenarios', 'z', '--out', out]);
