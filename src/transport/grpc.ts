@@ -205,7 +205,8 @@ interface UnaryRoute {
   method: DescMethod;
   path: string;
   decode: (bytes: Buffer) => unknown;
-  encode: (msg: Message) => Buffer;
+  /** Completes an init shape into a message first, as grpcServiceDefinition's serializer does. */
+  encode: (msg: unknown) => Buffer;
 }
 
 const OK_HEADERS = {
@@ -267,10 +268,7 @@ const serveUnary = (
     if (answered) return;
     let out: Buffer;
     try {
-      const msg = isMessage(res, route.method.output)
-        ? res
-        : create(route.method.output, res as Record<string, unknown>);
-      out = frame(route.encode(msg));
+      out = frame(route.encode(res));
     } catch (err) {
       end(failure(route.method.name, err, log));
       return;
@@ -292,9 +290,16 @@ const serveUnary = (
       decompress(u.message, headers['grpc-encoding'] as string | undefined).then(run);
       return;
     }
+    let req: unknown;
+    try {
+      req = route.decode(u.message);
+    } catch {
+      // As grpc-js answers bytes that are not the method's message: a transport failure, not the handler's.
+      end({ code: Code.Internal, message: 'error deserializing request' });
+      return;
+    }
     let result: Promise<unknown>;
     try {
-      const req = route.decode(u.message);
       route.binding.auth?.(ctx);
       result = route.binding.impl[route.method.localName]!(req, ctx);
     } catch (err) {
@@ -341,11 +346,16 @@ const serveUnary = (
 const keepAlive = (session: ServerHttp2Session): void => {
   const interval = setInterval(() => {
     const deadline = setTimeout(() => session.destroy(), KEEPALIVE_TIMEOUT_MS).unref();
-    const sent = session.ping((err) => {
+    try {
+      const sent = session.ping((err) => {
+        clearTimeout(deadline);
+        if (err) session.destroy();
+      });
+      if (!sent) clearTimeout(deadline);
+    } catch {
+      // Closing already: its own close ends this interval.
       clearTimeout(deadline);
-      if (err) session.destroy();
-    });
-    if (!sent) clearTimeout(deadline);
+    }
   }, KEEPALIVE_TIME_MS).unref();
   session.once('close', () => clearInterval(interval));
 };

@@ -114,6 +114,24 @@ describe('unary calls on the HTTP/2 port', () => {
     );
   });
 
+  it('answers the request Envoy’s rate-limit filter sends (20 ms grpc-timeout, its own headers)', async () => {
+    const r = await raw(
+      {
+        ':authority': 'ratekeeper',
+        ':scheme': 'http',
+        'content-type': 'application/grpc',
+        'grpc-timeout': '20m',
+        'user-agent': 'envoy/1.31.0',
+        'x-envoy-internal': 'true',
+        'x-forwarded-for': '10.0.0.1',
+      },
+      request('envoy'),
+    );
+    expect(r.headers[':status']).toBe(200);
+    expect(r.trailers['grpc-status']).toBe('0');
+    expect(seen.at(-1)?.headers.get('x-envoy-internal')).toBe('true');
+  });
+
   it('reads a gzip-compressed request', async () => {
     const msg = toBinary(RateLimitRequestSchema, create(RateLimitRequestSchema, { domain: 'zipped' }));
     const z = gzipSync(msg);
@@ -146,7 +164,13 @@ describe('unary calls on the HTTP/2 port', () => {
     ],
     ['no message', {}, Buffer.alloc(0), '12', /no request message/],
     ['a truncated message', {}, Buffer.from([0, 0, 0, 0, 9, 1]), '13', /truncated/],
-    ['bytes that are not the message', {}, frame(Buffer.from([0xff, 0xff, 0xff])), '13', /./],
+    [
+      'bytes that are not the message',
+      {},
+      frame(Buffer.from([0xff, 0xff, 0xff])),
+      '13',
+      /error deserializing request/,
+    ],
     ['a malformed grpc-timeout', { 'grpc-timeout': 'soon' }, request('x'), '13', /grpc-timeout/],
   ])('%s gets a trailers-only status', async (_name, headers, body, code, message) => {
     const r = await raw({ ...GRPC, ...headers }, body);
