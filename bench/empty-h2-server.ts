@@ -5,18 +5,11 @@
  */
 import { createServer, type ServerHttp2Stream } from 'node:http2';
 import type { AddressInfo } from 'node:net';
-import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
-import {
-  RateLimitRequestSchema,
-  RateLimitResponse_Code,
-  RateLimitResponseSchema,
-} from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import { fromBinary, toBinary } from '@bufbuild/protobuf';
+import { RateLimitRequestSchema, RateLimitResponseSchema } from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import { frame } from '../src/transport/grpc-wire.js';
+import { EMPTY_OK } from './requests.js';
 
-const OK = create(RateLimitResponseSchema, {
-  overallCode: RateLimitResponse_Code.OK,
-  statuses: [{ code: RateLimitResponse_Code.OK }],
-});
 const HEADERS = { ':status': 200, 'content-type': 'application/grpc+proto' };
 const TRAILERS = { 'grpc-status': '0' };
 // Node reads sendDate (no Date header), though its types do not list it.
@@ -31,7 +24,7 @@ server.on('stream', (stream: ServerHttp2Stream) => {
     fromBinary(RateLimitRequestSchema, Buffer.concat(chunks).subarray(5));
     stream.respond(HEADERS, RESPOND);
     stream.once('wantTrailers', () => stream.sendTrailers(TRAILERS));
-    stream.end(frame(toBinary(RateLimitResponseSchema, OK)));
+    stream.end(frame(toBinary(RateLimitResponseSchema, EMPTY_OK)));
   });
 });
 server.listen(Number(process.argv[2] ?? 0), '127.0.0.1', () =>

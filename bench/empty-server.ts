@@ -3,21 +3,15 @@
  * decoding and encoding with the same protobuf-es serializers as the real server. Run as its own
  * process: `node empty-server.js PORT`.
  */
-import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { fromBinary, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import {
   type RateLimitRequest,
   RateLimitRequestSchema,
   type RateLimitResponse,
-  RateLimitResponse_Code,
   RateLimitResponseSchema,
 } from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
-import { SERVICE_PATH } from './requests.js';
-
-const OK = create(RateLimitResponseSchema, {
-  overallCode: RateLimitResponse_Code.OK,
-  statuses: [{ code: RateLimitResponse_Code.OK }],
-});
+import { EMPTY_OK, SERVICE_PATH } from './requests.js';
 
 const definition: grpc.ServiceDefinition = {
   shouldRateLimit: {
@@ -36,7 +30,7 @@ server.addService(definition, {
   shouldRateLimit: (
     _call: grpc.ServerUnaryCall<RateLimitRequest, RateLimitResponse>,
     cb: grpc.sendUnaryData<RateLimitResponse>,
-  ) => cb(null, OK),
+  ) => cb(null, EMPTY_OK),
 });
 
 const port = Number(process.argv[2] ?? 0);

@@ -1,11 +1,21 @@
 import { create, toBinary } from '@bufbuild/protobuf';
 import type { RateLimitRequest } from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
-import { RateLimitRequestSchema } from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import {
+  RateLimitRequestSchema,
+  RateLimitResponse_Code,
+  RateLimitResponseSchema,
+} from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
 
 export const GENERIC_DOMAIN = 'bench';
 export const INFERENCE_DOMAIN = 'inference';
 export const BENCH_MODEL = 'bench-model';
 export const SERVICE_PATH = '/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit';
+
+/** What the empty ceilings answer to any request. */
+export const EMPTY_OK = create(RateLimitResponseSchema, {
+  overallCode: RateLimitResponse_Code.OK,
+  statuses: [{ code: RateLimitResponse_Code.OK }],
+});
 
 /** What the load generator sends: a generic descriptor, or an LLM request spread over `keys` API keys. */
 export type RequestShape = { kind: 'generic' } | { kind: 'inference'; keys: number; tokens: number };

@@ -26,15 +26,13 @@ const bench = (args: string[]): Promise<{ code: number | null; stdout: string; s
     p.on('exit', (code) => resolve({ code, stdout, stderr }));
   });
 
+/** Scenario (a) for a second after half a second of warm-up. */
+const SHORT_A = ['--scenarios', 'a', '--duration', '1', '--warmup', '0.5'];
+
 describe('bench harness', () => {
   it('runs a 1-second scenario against the real server and the empty ceiling, printing and writing the figures', async () => {
     const r = await bench([
-      '--scenarios',
-      'a',
-      '--duration',
-      '1',
-      '--warmup',
-      '0.5',
+      ...SHORT_A,
       '--concurrency',
       '8',
       '--no-h2load',
@@ -88,17 +86,7 @@ describe('bench harness', () => {
     'with h2load, also rates a scenario against the empty node:http2 server measured before and after',
     async () => {
       const dir = mkdtempSync(join(out, 'h2-'));
-      const r = await bench([
-        '--scenarios',
-        'a',
-        '--duration',
-        '1',
-        '--warmup',
-        '0.5',
-        '--no-paced',
-        '--out',
-        dir,
-      ]);
+      const r = await bench([...SHORT_A, '--no-paced', '--out', dir]);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toMatch(/vs h2/);
       const file = readdirSync(dir).find((f) => f.endsWith('.json')) as string;
