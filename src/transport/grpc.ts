@@ -452,6 +452,8 @@ export const startGrpc = async (opts: ListenerOptions): Promise<Listener> => {
       resolve((h2.address() as AddressInfo).port);
     });
   });
+  // After listening, an accept failure (e.g. out of file descriptors) is logged, not thrown.
+  h2.on('error', (err) => log.error({ err }, 'gRPC listener error'));
 
   return {
     port,
