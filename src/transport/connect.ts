@@ -12,6 +12,7 @@ import {
 import { connectNodeAdapter } from '@connectrpc/connect-node';
 import type { Logger } from '../log.js';
 import { failure, toConnectError } from './status.js';
+import { keepStreamTablesYoung } from './stream-tables.js';
 import type { CallContext, Listener, ListenerOptions, ServiceBinding } from './types.js';
 
 /** Requests larger than this are refused before decoding. */
@@ -104,6 +105,7 @@ export const startHttp = async (opts: ListenerOptions): Promise<Listener> => {
   h2.on('session', (s) => {
     sessions.add(s);
     s.once('close', () => sessions.delete(s));
+    keepStreamTablesYoung(s);
   });
 
   const server = net.createServer((socket) => {

@@ -32,6 +32,7 @@ import { serveUnary, type UnaryRoute } from './grpc-unary.js';
 import { addReflection } from './reflection.js';
 import { Relay } from './relay.js';
 import { failure, toGrpcError } from './status.js';
+import { keepStreamTablesYoung } from './stream-tables.js';
 import type { CallContext, Listener, ListenerOptions, ServiceBinding } from './types.js';
 
 const ignore = (): void => {};
@@ -232,6 +233,7 @@ export const startGrpc = async (opts: ListenerOptions): Promise<Listener> => {
     session.on('error', ignore);
     session.once('close', () => sessions.delete(session));
     keepAlive(session);
+    keepStreamTablesYoung(session);
   });
   h2.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
     const route = routes.get(headers[':path'] ?? '');
