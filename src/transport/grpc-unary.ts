@@ -97,12 +97,6 @@ function sendOkTrailers(this: ServerHttp2Stream): void {
   this.sendTrailers(OK_TRAILERS);
 }
 
-/** Once a stream has closed Node keeps it until a full GC; what its listeners hold must not stay with it. */
-function detachStream(this: ServerHttp2Stream): void {
-  this.removeAllListeners();
-  this.on('error', ignore);
-}
-
 /**
  * One unary call, read and answered on the HTTP/2 stream itself: the request body is collected, its
  * single message decoded, the handler run and its answer framed, then headers, message and OK trailers
@@ -213,5 +207,4 @@ export const serveUnary = (
       ctx.cancel();
     }
   });
-  stream.once('close', detachStream);
 };
