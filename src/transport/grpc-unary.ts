@@ -24,6 +24,7 @@ const ignore = (): void => {};
 
 /** Request headers that are the transport's, not the handler's (as grpc-js leaves them out of metadata). */
 const TRANSPORT_HEADERS = new Set([
+  'content-type',
   'grpc-timeout',
   'grpc-encoding',
   'grpc-accept-encoding',
@@ -45,8 +46,7 @@ class UnaryCallContext implements CallContext {
     if (!this.#headers) {
       const h = new Headers();
       for (const [k, v] of Object.entries(this.raw)) {
-        if (k.startsWith(':') || k === 'content-type' || TRANSPORT_HEADERS.has(k) || v === undefined)
-          continue;
+        if (k.startsWith(':') || TRANSPORT_HEADERS.has(k) || v === undefined) continue;
         for (const one of Array.isArray(v) ? v : [v]) h.append(k, one);
       }
       this.#headers = h;
@@ -117,11 +117,14 @@ export const serveUnary = (
   const ctx = new UnaryCallContext(stream, headers);
   let answered = false;
   let timer: NodeJS.Timeout | undefined;
-  const end = (status: WireStatus): void => {
-    if (answered) return;
+  /** Marks the call answered; false when the client has gone and nothing is to be written. */
+  const settle = (): boolean => {
     answered = true;
     clearTimeout(timer);
-    if (stream.closed) return;
+    return !stream.closed;
+  };
+  const end = (status: WireStatus): void => {
+    if (answered || !settle()) return;
     stream.respond(
       {
         ':status': 200,
@@ -141,9 +144,7 @@ export const serveUnary = (
       end(failure(route.method.name, err, log));
       return;
     }
-    answered = true;
-    clearTimeout(timer);
-    if (stream.closed) return;
+    if (!settle()) return;
     stream.respond(OK_HEADERS, RESPOND_MESSAGE);
     stream.once('wantTrailers', sendOkTrailers);
     stream.end(out);

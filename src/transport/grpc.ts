@@ -57,13 +57,13 @@ export const detachOnClose: ServerInterceptor = (_method, call) => {
   return call as ServerInterceptingCall;
 };
 
+const KEEPALIVE_TIME_MS = 60_000;
+const KEEPALIVE_TIMEOUT_MS = 20_000;
+
 /**
  * channelz bookkeeping costs on every call and nobody reads it here. Server keepalive pings find
  * dead client connections (a vanished Envoy) without waiting for the OS.
  */
-const KEEPALIVE_TIME_MS = 60_000;
-const KEEPALIVE_TIMEOUT_MS = 20_000;
-
 export const SERVER_OPTIONS = {
   'grpc.enable_channelz': 0,
   'grpc.keepalive_time_ms': KEEPALIVE_TIME_MS,
@@ -257,13 +257,6 @@ export const startGrpc = async (opts: ListenerOptions): Promise<Listener> => {
       new Promise<void>((resolve) => {
         opts.health.endWatches();
         for (const ctx of streams) ctx.controller.abort();
-        let pending = 2;
-        const done = (): void => {
-          if (--pending === 0) {
-            clearTimeout(timer);
-            resolve();
-          }
-        };
         const timer = setTimeout(() => {
           log.warn({ drainMs }, 'gRPC drain timed out; cancelling remaining calls');
           for (const s of sessions) s.destroy();
@@ -274,8 +267,10 @@ export const startGrpc = async (opts: ListenerOptions): Promise<Listener> => {
         // Stop accepting; each session gets GOAWAY and closes once its in-flight calls finish.
         h2.close(() => {
           relay.close();
-          inner.tryShutdown(done);
-          done();
+          inner.tryShutdown(() => {
+            clearTimeout(timer);
+            resolve();
+          });
         });
         for (const s of sessions) s.close();
       }),

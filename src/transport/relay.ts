@@ -17,7 +17,7 @@ import { Duplex } from 'node:stream';
 const ignore = (): void => {};
 
 /** Two Duplex ends: what one writes, the other reads (Node 20 has no stream.duplexPair). */
-export const duplexPair = (): [Duplex, Duplex] => {
+const duplexPair = (): [Duplex, Duplex] => {
   const ends: Duplex[] = [];
   const end = (other: 0 | 1): Duplex =>
     new Duplex({
@@ -39,7 +39,7 @@ export const duplexPair = (): [Duplex, Duplex] => {
   return [ends[0]!, ends[1]!];
 };
 
-/** Headers of a response or trailers without Node's pseudo-header `:status` when relaying trailers. */
+/** Received headers as headers to send: Node's incoming objects have a null prototype and may hold undefined. */
 const toOutgoing = (h: IncomingHttpHeaders): OutgoingHttpHeaders => {
   const out: OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(h)) if (v !== undefined) out[k] = v;

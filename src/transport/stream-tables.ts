@@ -20,18 +20,13 @@ interface Tables {
   pendingStreams: Set<unknown>;
 }
 
-/** A real Map / Set whatever its prototype (Node's SafeMap and SafeSet have none to instanceof). */
-const isMap = (v: unknown): v is Map<number, unknown> => {
+/**
+ * Whether `v` is a real Map (or Set) whatever its prototype, by the brand check of its `has`: Node's
+ * SafeMap and SafeSet have no prototype chain for instanceof to follow.
+ */
+const branded = (has: (this: unknown, key: unknown) => boolean, v: unknown): boolean => {
   try {
-    Map.prototype.has.call(v, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-const isSet = (v: unknown): v is Set<unknown> => {
-  try {
-    Set.prototype.has.call(v, 0);
+    has.call(v, 0);
     return true;
   } catch {
     return false;
@@ -46,7 +41,9 @@ const tablesOf = (session: Http2Session, key: symbol | undefined): Tables | unde
   const state = key && (session as unknown as Record<symbol, unknown>)[key];
   if (typeof state !== 'object' || state === null) return undefined;
   const t = state as Partial<Tables>;
-  return isMap(t.streams) && isSet(t.pendingStreams) ? (t as Tables) : undefined;
+  return branded(Map.prototype.has, t.streams) && branded(Set.prototype.has, t.pendingStreams)
+    ? (t as Tables)
+    : undefined;
 };
 
 /**
