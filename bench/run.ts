@@ -855,9 +855,7 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
       if (ctx.h2load && fixed) await halfLoadPass(ctx, id, s.title, target, usesRedis, req, s.port, sample);
     }
   } finally {
-    const rss = peakRssMb(target.pid);
-    await target.stop();
-    for (const p of ctx.passes) if (p.scenario === id) p.peakRssMb = rss;
+    await retire(ctx.passes, target, id);
   }
   const used = ctx.passes.some((p) => p.scenario === id && (p.redisCommandsPerDecision ?? 0) > 0);
   if (usesRedis && !used)
@@ -865,6 +863,13 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
   if (s.scriptCeiling && usesRedis && sample?.hottest)
     await scriptCeiling(ctx, id, usesRedis, sample, sample.hottest);
   else if (s.scriptCeiling) ctx.notes.push(`(${id}): no script call seen by MONITOR; no script ceiling`);
+};
+
+/** Stops a server, its peak RSS read first into every pass of scenario `id`. */
+const retire = async (passes: Pass[], target: Target, id: string): Promise<void> => {
+  const rss = peakRssMb(target.pid);
+  for (const p of passes) if (p.scenario === id) p.peakRssMb = rss;
+  await target.stop();
 };
 
 /** The empty server's h2load peak pass. */
@@ -966,14 +971,8 @@ export const main = async (argv: string[]): Promise<number> => {
     }
     await emptyCeiling(ctx, true);
   } finally {
-    const rss = peakRssMb(empty.pid);
-    for (const p of ctx.passes) if (p.scenario === 'empty') p.peakRssMb = rss;
-    if (emptyH2) {
-      const rssH2 = peakRssMb(emptyH2.pid);
-      for (const p of ctx.passes) if (p.scenario === 'empty:h2') p.peakRssMb = rssH2;
-      await emptyH2.stop();
-    }
-    await empty.stop();
+    if (emptyH2) await retire(ctx.passes, emptyH2, 'empty:h2');
+    await retire(ctx.passes, empty, 'empty');
     await redis?.stop();
   }
   addRatios(ctx.passes, ctx.notes);
