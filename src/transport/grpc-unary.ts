@@ -2,7 +2,6 @@
  * One unary call on the gRPC port, answered on its HTTP/2 stream without grpc-js: the request read
  * and decoded, the handler run, the answer framed with OK trailers or a trailers-only status.
  */
-import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { DescMethod } from '@bufbuild/protobuf';
 import { Code } from '@connectrpc/connect';
 import type { Logger } from '../log.js';
@@ -17,10 +16,10 @@ import {
   unframe,
   type WireStatus,
 } from './grpc-wire.js';
+import type { H2Headers, H2Stream } from './h2-session.js';
+import { encodeHeaders } from './hpack.js';
 import { failure } from './status.js';
 import type { CallContext, ServiceBinding } from './types.js';
-
-const ignore = (): void => {};
 
 /** Request headers that are the transport's, not the handler's (as grpc-js leaves them out of metadata). */
 const TRANSPORT_HEADERS = new Set([
@@ -38,8 +37,8 @@ class UnaryCallContext implements CallContext {
   #abort?: AbortController;
   cancelled = false;
   constructor(
-    private readonly stream: ServerHttp2Stream,
-    private readonly raw: IncomingHttpHeaders,
+    private readonly stream: H2Stream,
+    private readonly raw: H2Headers,
   ) {}
 
   get headers(): Headers {
@@ -68,8 +67,8 @@ class UnaryCallContext implements CallContext {
   }
 
   get peer(): string {
-    const s = this.stream.session?.socket;
-    return `grpc ${s?.remoteAddress}:${s?.remotePort}`;
+    const s = this.stream.session.socket;
+    return `grpc ${s.remoteAddress}:${s.remotePort}`;
   }
 }
 
@@ -83,35 +82,29 @@ export interface UnaryRoute {
   encode: (msg: unknown) => Buffer;
 }
 
-const OK_HEADERS = {
-  ':status': 200,
-  'content-type': 'application/grpc+proto',
-  'grpc-accept-encoding': 'identity,deflate,gzip',
-  'grpc-encoding': 'identity',
-};
-const OK_TRAILERS = { 'grpc-status': '0', 'grpc-message': 'OK' };
-const RESPOND_MESSAGE = { waitForTrailers: true, sendDate: false };
-const RESPOND_ONLY = { endStream: true, sendDate: false };
-
-function sendOkTrailers(this: ServerHttp2Stream): void {
-  this.sendTrailers(OK_TRAILERS);
-}
+// Every answer's header blocks, encoded once.
+const OK_HEADERS = encodeHeaders([
+  [':status', '200'],
+  ['content-type', 'application/grpc+proto'],
+  ['grpc-accept-encoding', 'identity,deflate,gzip'],
+  ['grpc-encoding', 'identity'],
+]);
+const OK_TRAILERS = encodeHeaders([
+  ['grpc-status', '0'],
+  ['grpc-message', 'OK'],
+]);
+const NOT_GRPC = encodeHeaders([[':status', '415']]);
 
 /**
  * One unary call, read and answered on the HTTP/2 stream itself: the request body is collected, its
  * single message decoded, the handler run and its answer framed, then headers, message and OK trailers
  * (or a trailers-only status). grpc-timeout ends the call with DEADLINE_EXCEEDED, as grpc-js does.
  */
-export const serveUnary = (
-  route: UnaryRoute,
-  stream: ServerHttp2Stream,
-  headers: IncomingHttpHeaders,
-  log: Logger,
-): void => {
-  stream.on('error', ignore);
+export const serveUnary = (route: UnaryRoute, stream: H2Stream, log: Logger): void => {
+  const { headers } = stream;
   const contentType = headers['content-type'];
   if (typeof contentType !== 'string' || !contentType.startsWith('application/grpc')) {
-    stream.respond({ ':status': 415 }, RESPOND_ONLY);
+    stream.respond(NOT_GRPC, true);
     return;
   }
   const ctx = new UnaryCallContext(stream, headers);
@@ -126,13 +119,13 @@ export const serveUnary = (
   const end = (status: WireStatus): void => {
     if (answered || !settle()) return;
     stream.respond(
-      {
-        ':status': 200,
-        'content-type': 'application/grpc+proto',
-        'grpc-status': String(status.code),
-        'grpc-message': encodeMessage(status.message),
-      },
-      RESPOND_ONLY,
+      encodeHeaders([
+        [':status', '200'],
+        ['content-type', 'application/grpc+proto'],
+        ['grpc-status', String(status.code)],
+        ['grpc-message', encodeMessage(status.message)],
+      ]),
+      true,
     );
   };
   const answer = (res: unknown): void => {
@@ -145,9 +138,8 @@ export const serveUnary = (
       return;
     }
     if (!settle()) return;
-    stream.respond(OK_HEADERS, RESPOND_MESSAGE);
-    stream.once('wantTrailers', sendOkTrailers);
-    stream.end(out);
+    stream.respond(OK_HEADERS);
+    stream.end(out, OK_TRAILERS);
   };
   const run = (u: Unframed): void => {
     if (answered) return;
@@ -191,21 +183,20 @@ export const serveUnary = (
   }
   const chunks: Buffer[] = [];
   let size = 0;
-  stream.on('data', (chunk: Buffer) => {
+  stream.ondata = (chunk) => {
     if (answered) return;
     size += chunk.length;
     // Refused while it arrives rather than buffered whole: the prefix and the largest message.
     if (size > MAX_MESSAGE_BYTES + 5) end(tooLarge(size - 5));
+    // A view of the socket's read, kept as is: Node allocates each read anew.
     else chunks.push(chunk);
-  });
-  stream.once('end', () =>
-    run(unframe(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), route.path)),
-  );
-  stream.once('close', () => {
+  };
+  stream.onend = () => run(unframe(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), route.path));
+  stream.onclose = () => {
     clearTimeout(timer);
     if (!answered) {
       answered = true;
       ctx.cancel();
     }
-  });
+  };
 };

@@ -1,11 +1,5 @@
 import { EventEmitter } from 'node:events';
-import {
-  createServer,
-  type IncomingHttpHeaders,
-  type ServerHttp2Session,
-  type ServerHttp2Stream,
-} from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer } from 'node:net';
 import {
   create,
   type DescMethod,
@@ -29,10 +23,10 @@ import {
 import { fastDecoderFor } from './fast-decode.js';
 import { asBuffer, fastEncoderFor } from './fast-encode.js';
 import { serveUnary, type UnaryRoute } from './grpc-unary.js';
+import { H2Session, type H2Stream } from './h2-session.js';
 import { addReflection } from './reflection.js';
 import { Relay } from './relay.js';
 import { failure, toGrpcError } from './status.js';
-import { keepStreamTablesYoung } from './stream-tables.js';
 import type { CallContext, Listener, ListenerOptions, ServiceBinding } from './types.js';
 
 const ignore = (): void => {};
@@ -138,28 +132,22 @@ class GrpcCallContext implements CallContext {
 }
 
 /** HTTP/2 keepalive: a session that does not answer a ping in time is cut (a vanished Envoy). */
-const keepAlive = (session: ServerHttp2Session): void => {
-  const interval = setInterval(() => {
+const keepAlive = (session: H2Session): NodeJS.Timeout =>
+  setInterval(() => {
     const deadline = setTimeout(() => session.destroy(), KEEPALIVE_TIMEOUT_MS).unref();
-    try {
-      const sent = session.ping((err) => {
-        clearTimeout(deadline);
-        if (err) session.destroy();
-      });
-      if (!sent) clearTimeout(deadline);
-    } catch {
-      // Closing already: its own close ends this interval.
+    const sent = session.ping((ok) => {
       clearTimeout(deadline);
-    }
+      if (!ok) session.destroy();
+    });
+    if (!sent) clearTimeout(deadline);
   }, KEEPALIVE_TIME_MS).unref();
-  session.once('close', () => clearInterval(interval));
-};
 
 /**
- * The gRPC port. Unary methods are answered on node:http2 directly (grpc-js's per-call machinery
- * halved the empty server's rate here: 35–39k vs 12–20k calls/s with h2load); everything else —
- * server streaming, health, reflection, unknown paths — goes through a relay to a grpc-js server
- * that has no port of its own.
+ * The gRPC port, on our own HTTP/2 layer (h2-session.ts). Unary methods are answered on it directly
+ * (grpc-js's per-call machinery halved the empty server's rate here: 35–39k vs 12–20k calls/s with
+ * h2load, and node:http2 itself cost several times our layer); everything else — server streaming,
+ * health, reflection, unknown paths — goes through a relay to a grpc-js server that has no port of
+ * its own.
  */
 export const startGrpc = async (opts: ListenerOptions): Promise<Listener> => {
   const { log } = opts;
@@ -222,34 +210,34 @@ export const startGrpc = async (opts: ListenerOptions): Promise<Listener> => {
   const injector = inner.createConnectionInjector(ServerCredentials.createInsecure());
   const relay = new Relay((end) => injector.injectConnection(end));
 
-  // As grpc-js configures its own: Node's session memory cap degrades badly under load when reached.
-  const h2 = createServer({
-    maxSendHeaderBlockLength: Number.MAX_SAFE_INTEGER,
-    maxSessionMemory: Number.MAX_SAFE_INTEGER,
-  });
-  const sessions = new Set<ServerHttp2Session>();
-  h2.on('session', (session: ServerHttp2Session) => {
+  const sessions = new Set<H2Session>();
+  const onStream = (stream: H2Stream): void => {
+    const route = routes.get((stream.headers[':path'] as string | undefined) ?? '');
+    if (route) serveUnary(route, stream, log);
+    else relay.pass(stream);
+  };
+  const server = createServer((socket) => {
+    let pings: NodeJS.Timeout | undefined;
+    const session = new H2Session(socket, {
+      onStream,
+      onClose: (s) => {
+        sessions.delete(s);
+        clearInterval(pings);
+      },
+    });
+    pings = keepAlive(session);
     sessions.add(session);
-    session.on('error', ignore);
-    session.once('close', () => sessions.delete(session));
-    keepAlive(session);
-    keepStreamTablesYoung(session);
-  });
-  h2.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
-    const route = routes.get(headers[':path'] ?? '');
-    if (route) serveUnary(route, stream, headers, log);
-    else relay.pass(stream, headers);
   });
 
   const port = await new Promise<number>((resolve, reject) => {
-    h2.once('error', reject);
-    h2.listen(opts.port, opts.host, () => {
-      h2.off('error', reject);
-      resolve((h2.address() as AddressInfo).port);
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
     });
   });
   // After listening, an accept failure (e.g. out of file descriptors) is logged, not thrown.
-  h2.on('error', (err) => log.error({ err }, 'gRPC listener error'));
+  server.on('error', (err) => log.error({ err }, 'gRPC listener error'));
 
   return {
     port,
@@ -265,7 +253,7 @@ export const startGrpc = async (opts: ListenerOptions): Promise<Listener> => {
           resolve();
         }, drainMs);
         // Stop accepting; each session gets GOAWAY and closes once its in-flight calls finish.
-        h2.close(() => {
+        server.close(() => {
           relay.close();
           inner.tryShutdown(() => {
             clearTimeout(timer);

@@ -1,0 +1,442 @@
+/**
+ * Our HTTP/2 server layer over a real socket, driven frame by frame by a raw client: what Envoy,
+ * grpc-js and h2load rely on (settings, pings, padding, CONTINUATION, flow control, resets, GOAWAY)
+ * and what a broken client may send (each answered with the RFC 9113 error, never a crash).
+ */
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  ACK,
+  CANCEL,
+  COMPRESSION_ERROR,
+  CONTINUATION,
+  DATA,
+  END_HEADERS,
+  END_STREAM,
+  FRAME_SIZE_ERROR,
+  frameHeader,
+  GOAWAY,
+  HEADERS,
+  NO_ERROR,
+  PADDED,
+  PING,
+  PREFACE,
+  PROTOCOL_ERROR,
+  pingFrame,
+  RST_STREAM,
+  SETTINGS,
+  SETTINGS_INITIAL_WINDOW_SIZE,
+  SETTINGS_MAX_CONCURRENT_STREAMS,
+  settingsFrame,
+  u32Frame,
+  WINDOW_UPDATE,
+} from '../../src/transport/h2-frames.js';
+import {
+  type H2Headers,
+  H2Session,
+  type H2Stream,
+  MAX_CONCURRENT_STREAMS,
+} from '../../src/transport/h2-session.js';
+import { encodeHeaders, HpackDecoder } from '../../src/transport/hpack.js';
+
+interface Frame {
+  type: number;
+  flags: number;
+  id: number;
+  payload: Buffer;
+}
+
+/** A client that writes raw frames and reads the server's, frame by frame. */
+class RawClient {
+  frames: Frame[] = [];
+  ended = false;
+  #rest = Buffer.alloc(0);
+  #wake: (() => void) | undefined;
+  readonly decoder = new HpackDecoder();
+
+  constructor(readonly socket: Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      let buf = Buffer.concat([this.#rest, chunk]);
+      while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+        const length = buf.readUIntBE(0, 3);
+        this.frames.push({
+          type: buf[3]!,
+          flags: buf[4]!,
+          id: buf.readUInt32BE(5) & 0x7fff_ffff,
+          payload: Buffer.from(buf.subarray(9, 9 + length)),
+        });
+        buf = buf.subarray(9 + length);
+      }
+      this.#rest = buf;
+      this.#wake?.();
+    });
+    socket.on('close', () => {
+      this.ended = true;
+      this.#wake?.();
+    });
+    socket.on('error', () => {});
+  }
+
+  static async open(port: number, preface: Buffer = PREFACE): Promise<RawClient> {
+    const socket = connect(port, '127.0.0.1');
+    await new Promise((r) => socket.once('connect', r));
+    const c = new RawClient(socket);
+    socket.write(preface);
+    return c;
+  }
+
+  send(...frames: Buffer[]): void {
+    this.socket.write(Buffer.concat(frames));
+  }
+
+  /** The first frame (removed from the list) that matches, waiting up to 2 s. */
+  async next(match: (f: Frame) => boolean): Promise<Frame> {
+    const deadline = Date.now() + 2000;
+    for (;;) {
+      const i = this.frames.findIndex(match);
+      if (i >= 0) return this.frames.splice(i, 1)[0]!;
+      if (this.ended) throw new Error('connection closed before the frame came');
+      if (Date.now() > deadline) throw new Error('no such frame in time');
+      await new Promise<void>((r) => {
+        this.#wake = r;
+        setTimeout(r, 50);
+      });
+    }
+  }
+
+  async closed(): Promise<void> {
+    while (!this.ended) await new Promise((r) => setTimeout(r, 10));
+  }
+
+  headersOf(f: Frame): Record<string, string> {
+    const out: Record<string, string> = {};
+    this.decoder.decode(f.payload, (n, v) => {
+      out[n] = v;
+    });
+    return out;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+const request = (path: string, extra: [string, string][] = []): Buffer =>
+  encodeHeaders([
+    [':method', 'POST'],
+    [':scheme', 'http'],
+    [':path', path],
+    [':authority', 'test'],
+    ['content-type', 'application/grpc'],
+    ...extra,
+  ]);
+
+const headersFrame = (id: number, block: Buffer, flags = END_HEADERS): Buffer =>
+  Buffer.concat([frameHeader(block.length, HEADERS, flags, id), block]);
+const dataFrame = (id: number, data: Buffer, flags = 0): Buffer =>
+  Buffer.concat([frameHeader(data.length, DATA, flags, id), data]);
+
+const OK = encodeHeaders([[':status', '200']]);
+const TRAILERS = encodeHeaders([['x-done', 'yes']]);
+
+let server: Server;
+let port: number;
+const sessions = new Set<H2Session>();
+const seen: { headers: H2Headers; body: Buffer }[] = [];
+const closes: { path: string; rstCode: number | undefined }[] = [];
+
+/** /echo answers the body back; /size/N answers N bytes; /early answers before the body; /hold never does. */
+const onStream = (s: H2Stream): void => {
+  const path = s.headers[':path'] as string;
+  const chunks: Buffer[] = [];
+  s.ondata = (c) => chunks.push(Buffer.from(c));
+  s.onclose = () => closes.push({ path, rstCode: s.rstCode });
+  if (path === '/early') {
+    s.respond(encodeHeaders([[':status', '413']]), true);
+    return;
+  }
+  s.onend = () => {
+    const body = Buffer.concat(chunks);
+    seen.push({ headers: s.headers, body });
+    if (path === '/hold') return;
+    s.respond(OK);
+    const size = /^\/size\/(\d+)$/.exec(path);
+    s.end(size ? Buffer.alloc(Number(size[1]), 7) : body, TRAILERS);
+  };
+};
+
+beforeAll(async () => {
+  server = createServer((socket) => {
+    const s = new H2Session(socket, { onStream, onClose: (x) => sessions.delete(x) });
+    sessions.add(s);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  port = (server.address() as { port: number }).port;
+});
+afterAll(async () => {
+  for (const s of sessions) s.destroy();
+  await new Promise((r) => server.close(r));
+});
+
+/** Opens a client and completes the settings exchange. */
+const ready = async (settings: [number, number][] = []): Promise<RawClient> => {
+  const c = await RawClient.open(port);
+  c.send(settingsFrame(settings));
+  await c.next((f) => f.type === SETTINGS && !(f.flags & ACK));
+  await c.next((f) => f.type === SETTINGS && (f.flags & ACK) !== 0);
+  return c;
+};
+
+const goaway = async (c: RawClient): Promise<number> => {
+  const f = await c.next((x) => x.type === GOAWAY);
+  await c.closed();
+  return f.payload.readUInt32BE(4);
+};
+
+describe('HTTP/2 session', () => {
+  it('opens with its SETTINGS and a connection window update, and acknowledges the client’s', async () => {
+    const c = await RawClient.open(port);
+    const s = await c.next((f) => f.type === SETTINGS);
+    const values = new Map<number, number>();
+    for (let at = 0; at < s.payload.length; at += 6)
+      values.set(s.payload.readUInt16BE(at), s.payload.readUInt32BE(at + 2));
+    expect(values.get(SETTINGS_MAX_CONCURRENT_STREAMS)).toBe(MAX_CONCURRENT_STREAMS);
+    expect(values.get(SETTINGS_INITIAL_WINDOW_SIZE)).toBeGreaterThanOrEqual(4 * 1024 * 1024 + 5);
+    const wu = await c.next((f) => f.type === WINDOW_UPDATE && f.id === 0);
+    expect(wu.payload.readUInt32BE(0)).toBeGreaterThan(0);
+    c.send(settingsFrame([]));
+    await c.next((f) => f.type === SETTINGS && f.flags === ACK && f.payload.length === 0);
+    c.close();
+  });
+
+  it('answers a request: headers, body, trailers, the stream closed normally', async () => {
+    const c = await ready();
+    c.send(headersFrame(1, request('/echo')), dataFrame(1, Buffer.from('hello'), END_STREAM));
+    const h = await c.next((f) => f.type === HEADERS && f.id === 1);
+    expect(c.headersOf(h)[':status']).toBe('200');
+    const d = await c.next((f) => f.type === DATA && f.id === 1);
+    expect(d.payload.toString()).toBe('hello');
+    const t = await c.next((f) => f.type === HEADERS && f.id === 1);
+    expect(t.flags & END_STREAM).toBe(END_STREAM);
+    expect(c.headersOf(t)['x-done']).toBe('yes');
+    expect(closes.find((x) => x.path === '/echo')?.rstCode).toBeUndefined();
+    c.close();
+  });
+
+  it('reads padded HEADERS, CONTINUATION frames and padded DATA', async () => {
+    const c = await ready();
+    const block = request('/echo', [['x-long', 'v'.repeat(300)]]);
+    const padded = Buffer.concat([Buffer.from([4]), block.subarray(0, 100), Buffer.alloc(4)]);
+    c.send(
+      Buffer.concat([frameHeader(padded.length, HEADERS, PADDED, 3), padded]),
+      Buffer.concat([frameHeader(100, CONTINUATION, 0, 3), block.subarray(100, 200)]),
+      Buffer.concat([frameHeader(block.length - 200, CONTINUATION, END_HEADERS, 3), block.subarray(200)]),
+    );
+    const body = Buffer.concat([Buffer.from([2]), Buffer.from('abc'), Buffer.alloc(2)]);
+    c.send(Buffer.concat([frameHeader(body.length, DATA, PADDED | END_STREAM, 3), body]));
+    const d = await c.next((f) => f.type === DATA && f.id === 3);
+    expect(d.payload.toString()).toBe('abc');
+    expect(seen.at(-1)?.headers['x-long']).toBe('v'.repeat(300));
+    c.close();
+  });
+
+  it('answers PING with its payload', async () => {
+    const c = await ready();
+    c.send(pingFrame(0, Buffer.from('12345678')));
+    const p = await c.next((f) => f.type === PING);
+    expect(p.flags).toBe(ACK);
+    expect(p.payload.toString()).toBe('12345678');
+    c.close();
+  });
+
+  it('sends its own PING and hears the ACK', async () => {
+    const c = await ready();
+    const session = [...sessions].at(-1)!;
+    const acked = new Promise<boolean>((r) => session.ping(r));
+    const p = await c.next((f) => f.type === PING && f.flags === 0);
+    c.send(pingFrame(ACK, p.payload));
+    expect(await acked).toBe(true);
+    c.close();
+  });
+
+  it('keeps to the client’s windows and frame size: data waits for WINDOW_UPDATE', async () => {
+    const c = await ready([[SETTINGS_INITIAL_WINDOW_SIZE, 1000]]);
+    c.send(headersFrame(5, request('/size/40000'), END_HEADERS | END_STREAM));
+    await c.next((f) => f.type === HEADERS && f.id === 5);
+    let got = 0;
+    const first = await c.next((f) => f.type === DATA && f.id === 5);
+    got += first.payload.length;
+    expect(first.payload.length).toBe(1000);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(c.frames.some((f) => f.type === DATA)).toBe(false);
+    // Stream window opened, connection window (65,535) still caps the total.
+    c.send(u32Frame(WINDOW_UPDATE, 5, 100_000));
+    for (;;) {
+      const f = await c.next((x) => (x.type === DATA || x.type === HEADERS) && x.id === 5);
+      if (f.type === HEADERS) {
+        expect(f.flags & END_STREAM).toBe(END_STREAM);
+        break;
+      }
+      expect(f.payload.length).toBeLessThanOrEqual(16_384);
+      got += f.payload.length;
+    }
+    expect(got).toBe(40_000);
+    c.close();
+  });
+
+  it('holds data past the connection window until the client opens it', async () => {
+    const c = await ready([[SETTINGS_INITIAL_WINDOW_SIZE, 1_000_000]]);
+    c.send(headersFrame(7, request('/size/100000'), END_HEADERS | END_STREAM));
+    let got = 0;
+    while (got < 65_535) got += (await c.next((f) => f.type === DATA && f.id === 7)).payload.length;
+    expect(got).toBe(65_535);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(c.frames.some((f) => f.type === DATA)).toBe(false);
+    c.send(u32Frame(WINDOW_UPDATE, 0, 50_000));
+    while (got < 100_000) got += (await c.next((f) => f.type === DATA && f.id === 7)).payload.length;
+    await c.next((f) => f.type === HEADERS && f.id === 7 && (f.flags & END_STREAM) !== 0);
+    c.close();
+  });
+
+  it('an answer sent before the request ends is followed by RST_STREAM NO_ERROR', async () => {
+    const c = await ready();
+    c.send(headersFrame(9, request('/early')));
+    const h = await c.next((f) => f.type === HEADERS && f.id === 9);
+    expect(h.flags & END_STREAM).toBe(END_STREAM);
+    const r = await c.next((f) => f.type === RST_STREAM && f.id === 9);
+    expect(r.payload.readUInt32BE(0)).toBe(NO_ERROR);
+    // Late DATA on the closed stream is dropped; the connection goes on.
+    c.send(
+      dataFrame(9, Buffer.from('late'), END_STREAM),
+      headersFrame(11, request('/echo'), END_HEADERS | END_STREAM),
+    );
+    await c.next((f) => f.type === HEADERS && f.id === 11);
+    c.close();
+  });
+
+  it('a client RST_STREAM ends the stream with its code', async () => {
+    const c = await ready();
+    c.send(headersFrame(13, request('/hold')), dataFrame(13, Buffer.from('x'), END_STREAM));
+    await new Promise((r) => setTimeout(r, 30));
+    c.send(u32Frame(RST_STREAM, 13, CANCEL));
+    await new Promise((r) => setTimeout(r, 30));
+    expect(closes.filter((x) => x.path === '/hold').at(-1)?.rstCode).toBe(CANCEL);
+    c.close();
+  });
+
+  it('refuses a malformed request on its stream only (upper-case name, missing :path, connection header)', async () => {
+    const c = await ready();
+    const bad = [
+      encodeHeaders([
+        [':method', 'POST'],
+        [':scheme', 'http'],
+        [':path', '/echo'],
+        ['X-Upper', '1'],
+      ]),
+      encodeHeaders([
+        [':method', 'POST'],
+        [':scheme', 'http'],
+      ]),
+      encodeHeaders([
+        [':method', 'POST'],
+        [':scheme', 'http'],
+        [':path', '/echo'],
+        ['connection', 'close'],
+      ]),
+      encodeHeaders([
+        ['x-first', '1'],
+        [':method', 'POST'],
+        [':scheme', 'http'],
+        [':path', '/echo'],
+      ]),
+    ];
+    let id = 15;
+    for (const block of bad) {
+      c.send(headersFrame(id, block, END_HEADERS | END_STREAM));
+      const r = await c.next((f) => f.type === RST_STREAM && f.id === id);
+      expect(r.payload.readUInt32BE(0)).toBe(PROTOCOL_ERROR);
+      id += 2;
+    }
+    c.send(headersFrame(id, request('/echo'), END_HEADERS | END_STREAM));
+    await c.next((f) => f.type === HEADERS && f.id === id);
+    c.close();
+  });
+
+  it.each([
+    [
+      'a wrong connection preface',
+      async (c: RawClient) => c,
+      PROTOCOL_ERROR,
+      Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'),
+    ],
+    [
+      'a frame above the maximum frame size',
+      async (c: RawClient) => c.send(dataFrame(1, Buffer.alloc(16_385))),
+      FRAME_SIZE_ERROR,
+      PREFACE,
+    ],
+    [
+      'HEADERS on stream 0',
+      async (c: RawClient) => c.send(headersFrame(0, request('/echo'))),
+      PROTOCOL_ERROR,
+      PREFACE,
+    ],
+    [
+      'an even stream id',
+      async (c: RawClient) => c.send(headersFrame(2, request('/echo'))),
+      PROTOCOL_ERROR,
+      PREFACE,
+    ],
+    [
+      'SETTINGS of a length not a multiple of 6',
+      async (c: RawClient) => c.send(Buffer.concat([frameHeader(5, SETTINGS, 0, 0), Buffer.alloc(5)])),
+      FRAME_SIZE_ERROR,
+      PREFACE,
+    ],
+    [
+      'a header block interrupted by another frame',
+      async (c: RawClient) => c.send(headersFrame(1, request('/echo'), 0), pingFrame(0, Buffer.alloc(8))),
+      PROTOCOL_ERROR,
+      PREFACE,
+    ],
+    [
+      'a header block HPACK cannot decode',
+      async (c: RawClient) =>
+        c.send(headersFrame(1, Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]))),
+      COMPRESSION_ERROR,
+      PREFACE,
+    ],
+    [
+      'DATA on a stream never opened',
+      async (c: RawClient) => c.send(dataFrame(101, Buffer.from('x'))),
+      PROTOCOL_ERROR,
+      PREFACE,
+    ],
+    [
+      'a WINDOW_UPDATE of 0 on the connection',
+      async (c: RawClient) => c.send(u32Frame(WINDOW_UPDATE, 0, 0)),
+      PROTOCOL_ERROR,
+      PREFACE,
+    ],
+  ] as const)('ends the connection with GOAWAY on %s', async (_name, act, code, preface) => {
+    const c = await RawClient.open(port, preface);
+    await act(c);
+    expect(await goaway(c)).toBe(code);
+  });
+
+  it('close() sends GOAWAY, lets the open stream finish, then closes the connection', async () => {
+    const c = await ready();
+    c.send(headersFrame(1, request('/echo')));
+    await new Promise((r) => setTimeout(r, 30));
+    const session = [...sessions].at(-1)!;
+    session.close();
+    const g = await c.next((f) => f.type === GOAWAY);
+    expect(g.payload.readUInt32BE(0)).toBe(1);
+    expect(g.payload.readUInt32BE(4)).toBe(NO_ERROR);
+    expect(c.ended).toBe(false);
+    c.send(dataFrame(1, Buffer.from('bye'), END_STREAM));
+    const d = await c.next((f) => f.type === DATA && f.id === 1);
+    expect(d.payload.toString()).toBe('bye');
+    await c.closed();
+  });
+});
