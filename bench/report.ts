@@ -114,7 +114,7 @@ export const formatTable = (r: Report): string => {
     ...targets(r.passes),
     '',
     'CPU shares are of one core over the measured window; "others" is CPU used by processes outside the bench.',
-    'vs empty: against the empty grpc-js server driven by the same client (the targets); vs h2: against the empty node:http2 server (h2load), the framework the gRPC port answers unary calls on; vs script: against the best replay of the same Redis script.',
+    'vs empty: against the empty grpc-js server driven by the same client (the targets); vs h2: against an empty server on the gRPC port’s own HTTP/2 layer (h2load), the framework the port runs on; vs script: against the best replay of the same Redis script.',
     ...r.notes.map((n) => `note: ${n}`),
   ].join('\n');
 };

@@ -241,7 +241,7 @@ export interface Pass {
    */
   emptyNearby?: number[];
   vsEmpty?: number;
-  /** h2load peak passes: against the empty node:http2 server (mean of its passes before and after the scenarios). */
+  /** h2load peak passes: against the empty server on our HTTP/2 layer (mean of its passes before and after the scenarios). */
   vsH2?: number;
   vsScript?: number;
   limitedBy: string;
@@ -430,7 +430,7 @@ const startRatekeeper = async (
   };
 };
 
-/** An empty ceiling: `./empty-server` (grpc-js) or `./empty-h2-server` (node:http2). */
+/** An empty ceiling: `./empty-server` (grpc-js) or `./empty-h2-server` (our HTTP/2 layer). */
 const startEmpty = async (nodeOptions: string[], req: RateLimitRequest, script: string): Promise<Target> => {
   const port = await freePort();
   const child = startChild(process.execPath, [
@@ -452,7 +452,7 @@ interface Ctx {
   h2load: boolean;
   /** The empty server, up for the whole run (idle between its passes). */
   empty: Target;
-  /** The empty node:http2 server, when h2load runs (only h2load drives it). */
+  /** The empty server on our HTTP/2 layer, when h2load runs (only h2load drives it). */
   emptyH2?: Target;
 }
 
@@ -890,7 +890,7 @@ const emptyCeiling = async (ctx: Ctx, again = false) => {
   ctx.passes.push(await nodePass(ctx, 'empty', title, target, undefined, EMPTY_SHAPE, 'grpc'));
   if (ctx.h2load) ctx.passes.push(await emptyH2Peak(ctx, title));
   if (ctx.emptyH2) {
-    const h2Title = `ceiling: empty node:http2 server (the gRPC port's unary framework)${again ? ', again' : ''}`;
+    const h2Title = `ceiling: empty server on the gRPC port's HTTP/2 layer${again ? ', again' : ''}`;
     log(h2Title);
     ctx.passes.push(
       await h2Pass(ctx, 'empty:h2', h2Title, ctx.emptyH2, undefined, EMPTY_REQ, 'grpc', { mode: 'peak' }),
@@ -919,7 +919,7 @@ const addRatios = (passes: Pass[], notes: string[]) => {
   const emptyH2 = h2Rates.length ? mean(h2Rates) : 0;
   if (h2Rates.length > 1)
     notes.push(
-      `empty node:http2 server (h2load) before / after the scenarios: ${perS(h2Rates)}; vs h2 uses their mean`,
+      `empty HTTP/2-layer server (h2load) before / after the scenarios: ${perS(h2Rates)}; vs h2 uses their mean`,
     );
   const emptyBy = new Map<Driver, number>();
   for (const [driver, r] of rates) {

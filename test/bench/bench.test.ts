@@ -83,7 +83,7 @@ describe('bench harness', () => {
   }, 90_000);
 
   it.skipIf(!h2loadAvailable())(
-    'with h2load, also rates a scenario against the empty node:http2 server measured before and after',
+    'with h2load, also rates a scenario against the empty server on our HTTP/2 layer measured before and after',
     async () => {
       const dir = mkdtempSync(join(out, 'h2-'));
       const r = await bench([...SHORT_A, '--no-paced', '--out', dir]);
