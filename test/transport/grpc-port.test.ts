@@ -19,9 +19,20 @@ import { ReportService } from '../../gen/ratekeeper/v1/report_pb.js';
 import { createLogger } from '../../src/log.js';
 import { startGrpc } from '../../src/transport/grpc.js';
 import { frame, MAX_MESSAGE_BYTES } from '../../src/transport/grpc-wire.js';
+import {
+  DATA,
+  END_STREAM,
+  frameHeader,
+  GOAWAY,
+  PADDED,
+  PROTOCOL_ERROR,
+  RST_STREAM,
+  settingsFrame,
+} from '../../src/transport/h2-frames.js';
 import { Health } from '../../src/transport/health.js';
 import type { CallContext, Listener, ServiceBinding } from '../../src/transport/types.js';
 import { type GrpcError, grpcClient } from '../harness/clients.js';
+import { dataFrame, headersFrame, RawClient, request } from '../harness/raw-h2.js';
 
 const PATH = '/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit';
 
@@ -99,12 +110,12 @@ const raw = (headers: Record<string, string>, body: Buffer): Promise<Raw> =>
   });
 
 const GRPC = { 'content-type': 'application/grpc' };
-const request = (domain: string) =>
+const rlsRequest = (domain: string) =>
   frame(toBinary(RateLimitRequestSchema, create(RateLimitRequestSchema, { domain })));
 
 describe('unary calls on the HTTP/2 port', () => {
   it('answers headers, one framed message and OK trailers', async () => {
-    const r = await raw(GRPC, request('limited'));
+    const r = await raw(GRPC, rlsRequest('limited'));
     expect(r.headers[':status']).toBe(200);
     expect(r.headers['content-type']).toBe('application/grpc+proto');
     expect(r.trailers['grpc-status']).toBe('0');
@@ -125,7 +136,7 @@ describe('unary calls on the HTTP/2 port', () => {
         'x-envoy-internal': 'true',
         'x-forwarded-for': '10.0.0.1',
       },
-      request('envoy'),
+      rlsRequest('envoy'),
     );
     expect(r.headers[':status']).toBe(200);
     expect(r.trailers['grpc-status']).toBe('0');
@@ -144,7 +155,7 @@ describe('unary calls on the HTTP/2 port', () => {
 
   it('reads a request that arrives in several DATA frames', async () => {
     const s = session.request({ ':method': 'POST', ':path': PATH, ...GRPC });
-    const body = request('split');
+    const body = rlsRequest('split');
     const done = new Promise<IncomingHttpHeaders>((resolve) => s.on('trailers', resolve));
     s.on('data', () => {});
     s.write(body.subarray(0, 3));
@@ -171,7 +182,7 @@ describe('unary calls on the HTTP/2 port', () => {
       '13',
       /error deserializing request/,
     ],
-    ['a malformed grpc-timeout', { 'grpc-timeout': 'soon' }, request('x'), '13', /grpc-timeout/],
+    ['a malformed grpc-timeout', { 'grpc-timeout': 'soon' }, rlsRequest('x'), '13', /grpc-timeout/],
   ])('%s gets a trailers-only status', async (_name, headers, body, code, message) => {
     const r = await raw({ ...GRPC, ...headers }, body);
     expect(r.headers[':status']).toBe(200);
@@ -195,7 +206,7 @@ describe('unary calls on the HTTP/2 port', () => {
   it('gives the handler the metadata without transport headers, and the peer', async () => {
     await raw(
       { ...GRPC, authorization: 'Bearer t', 'x-trace': 'abc', 'grpc-timeout': '5S' },
-      request('meta'),
+      rlsRequest('meta'),
     );
     const ctx = seen.at(-1)!;
     expect(ctx.headers.get('authorization')).toBe('Bearer t');
@@ -242,5 +253,54 @@ describe('with a grpc-js client', () => {
     expect(err.code).toBe(grpc.status.UNIMPLEMENTED);
     h.close();
     r.close();
+  });
+
+  it('survives relayed requests ended at once by a connection error or a wrong content-length', async () => {
+    // Such a request reached grpc-js as a stream already reset, and grpc-js threw answering it: with
+    // a few dozen at once the process died. A port of its own, so its relay connection starts cold.
+    const fresh = await startGrpc({
+      bindings: [rls],
+      health,
+      log: createLogger('silent'),
+      host: '127.0.0.1',
+      port: 0,
+    });
+    const sends: Promise<void>[] = [];
+    for (const contentType of ['text/plain', 'application/grpc'])
+      for (const path of ['/', '/grpc.health.v1.Health/Check', '/x.Y/Z'])
+        for (let i = 0; i < 5; i++)
+          sends.push(
+            (async () => {
+              const c = await RawClient.open(fresh.port);
+              c.send(
+                settingsFrame([]),
+                headersFrame(1, request(path, [['content-type', contentType]])),
+                Buffer.concat([frameHeader(4, DATA, PADDED, 1), Buffer.from([9, 0, 0, 0])]),
+              );
+              const g = await c.next((f) => f.type === GOAWAY);
+              expect(g.payload.readUInt32BE(4)).toBe(PROTOCOL_ERROR);
+              const l = await RawClient.open(fresh.port);
+              l.send(
+                settingsFrame([]),
+                headersFrame(
+                  1,
+                  request(path, [
+                    ['content-type', contentType],
+                    ['content-length', '10'],
+                  ]),
+                ),
+                dataFrame(1, Buffer.from('abc'), END_STREAM),
+              );
+              const r = await l.next((f) => f.type === RST_STREAM && f.id === 1);
+              expect(r.payload.readUInt32BE(0)).toBe(PROTOCOL_ERROR);
+              l.close();
+            })(),
+          );
+    await Promise.all(sends);
+    await new Promise((r) => setTimeout(r, 1200));
+    const h = grpcClient(HealthService, `127.0.0.1:${fresh.port}`);
+    expect((await h.check({ service: RateLimitService.typeName })).status).toBe(1);
+    h.close();
+    await fresh.shutdown(1000);
   });
 });

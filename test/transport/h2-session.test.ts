@@ -3,7 +3,7 @@
  * grpc-js and h2load rely on (settings, pings, padding, CONTINUATION, flow control, resets, GOAWAY)
  * and what a broken client may send (each answered with the RFC 9113 error, never a crash).
  */
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   ACK,
@@ -37,104 +37,8 @@ import {
   type H2Stream,
   MAX_CONCURRENT_STREAMS,
 } from '../../src/transport/h2-session.js';
-import { encodeHeaders, HpackDecoder } from '../../src/transport/hpack.js';
-
-interface Frame {
-  type: number;
-  flags: number;
-  id: number;
-  payload: Buffer;
-}
-
-/** A client that writes raw frames and reads the server's, frame by frame. */
-class RawClient {
-  frames: Frame[] = [];
-  ended = false;
-  #rest = Buffer.alloc(0);
-  #wake: (() => void) | undefined;
-  readonly decoder = new HpackDecoder();
-
-  constructor(readonly socket: Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      let buf = Buffer.concat([this.#rest, chunk]);
-      while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
-        const length = buf.readUIntBE(0, 3);
-        this.frames.push({
-          type: buf[3]!,
-          flags: buf[4]!,
-          id: buf.readUInt32BE(5) & 0x7fff_ffff,
-          payload: Buffer.from(buf.subarray(9, 9 + length)),
-        });
-        buf = buf.subarray(9 + length);
-      }
-      this.#rest = buf;
-      this.#wake?.();
-    });
-    socket.on('close', () => {
-      this.ended = true;
-      this.#wake?.();
-    });
-    socket.on('error', () => {});
-  }
-
-  static async open(port: number, preface: Buffer = PREFACE): Promise<RawClient> {
-    const socket = connect(port, '127.0.0.1');
-    await new Promise((r) => socket.once('connect', r));
-    const c = new RawClient(socket);
-    socket.write(preface);
-    return c;
-  }
-
-  send(...frames: Buffer[]): void {
-    this.socket.write(Buffer.concat(frames));
-  }
-
-  /** The first frame (removed from the list) that matches, waiting up to 2 s. */
-  async next(match: (f: Frame) => boolean): Promise<Frame> {
-    const deadline = Date.now() + 2000;
-    for (;;) {
-      const i = this.frames.findIndex(match);
-      if (i >= 0) return this.frames.splice(i, 1)[0]!;
-      if (this.ended) throw new Error('connection closed before the frame came');
-      if (Date.now() > deadline) throw new Error('no such frame in time');
-      await new Promise<void>((r) => {
-        this.#wake = r;
-        setTimeout(r, 50);
-      });
-    }
-  }
-
-  async closed(): Promise<void> {
-    while (!this.ended) await new Promise((r) => setTimeout(r, 10));
-  }
-
-  headersOf(f: Frame): Record<string, string> {
-    const out: Record<string, string> = {};
-    this.decoder.decode(f.payload, (n, v) => {
-      out[n] = v;
-    });
-    return out;
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
-
-const request = (path: string, extra: [string, string][] = []): Buffer =>
-  encodeHeaders([
-    [':method', 'POST'],
-    [':scheme', 'http'],
-    [':path', path],
-    [':authority', 'test'],
-    ['content-type', 'application/grpc'],
-    ...extra,
-  ]);
-
-const headersFrame = (id: number, block: Buffer, flags = END_HEADERS): Buffer =>
-  Buffer.concat([frameHeader(block.length, HEADERS, flags, id), block]);
-const dataFrame = (id: number, data: Buffer, flags = 0): Buffer =>
-  Buffer.concat([frameHeader(data.length, DATA, flags, id), data]);
+import { encodeHeaders } from '../../src/transport/hpack.js';
+import { dataFrame, headersFrame, RawClient, request } from '../harness/raw-h2.js';
 
 const OK = encodeHeaders([[':status', '200']]);
 const TRAILERS = encodeHeaders([['x-done', 'yes']]);
