@@ -64,6 +64,8 @@ export const MAX_HEADER_BLOCK = 64 * 1024;
 /** Receive windows: a stream's (a 4 MB message arrives without waiting for updates) and the connection's. */
 const STREAM_WINDOW = 4 * 1024 * 1024 + 1024;
 const CONNECTION_WINDOW = 16 * 1024 * 1024;
+/** Stream closes between fresh copies of the open-stream table (see H2Session.#streams). */
+export const STREAM_TABLE_REFRESH = 256;
 /** Stream ids this side reset that are remembered, so the client's frames in flight on them are dropped. */
 const RESET_MEMORY = 1024;
 /** Bytes queued on a stream beyond which write() asks the producer to wait for ondrain. */
@@ -194,7 +196,13 @@ const hasUpper = (s: string): boolean => {
 };
 
 export class H2Session {
-  readonly streams = new Map<number, H2Stream>();
+  /**
+   * Open streams. Replaced by a copy every STREAM_TABLE_REFRESH closes: V8 links a rehashed Map table to
+   * its successor with its entries, so once the table is in the old generation every stream that passed
+   * through it stays until a full GC (the reason for stream-tables.ts on Node's http2).
+   */
+  #streams = new Map<number, H2Stream>();
+  #closedSinceCopy = 0;
   peerInitialWindow = DEFAULT_WINDOW;
   peerMaxFrame = DEFAULT_MAX_FRAME;
   closed = false;
@@ -239,11 +247,6 @@ export class H2Session {
     });
     socket.on('error', () => this.destroy());
     socket.on('close', () => this.destroy());
-  }
-
-  /** Open streams. */
-  get size(): number {
-    return this.streams.size;
   }
 
   queue(frame: Buffer): void {
@@ -309,14 +312,14 @@ export class H2Session {
   #teardown(): void {
     if (this.closed) return;
     this.closed = true;
-    for (const s of [...this.streams.values()]) this.closeStream(s, CANCEL);
+    for (const s of [...this.#streams.values()]) this.closeStream(s, CANCEL);
     this.#ping?.done(false);
     this.#ping = undefined;
     this.hooks.onClose(this);
   }
 
   #endIfIdle(): void {
-    if (this.#goaway !== undefined && this.streams.size === 0 && !this.closed) this.#end();
+    if (this.#goaway !== undefined && this.#streams.size === 0 && !this.closed) this.#end();
   }
 
   // -- reading ----------------------------------------------------------------------------------
@@ -427,7 +430,7 @@ export class H2Session {
       this.#recvUnacked = 0;
     }
     const data = this.#unpad(flags, payload);
-    const s = this.streams.get(id);
+    const s = this.#streams.get(id);
     if (!s) {
       this.#notOpen(id);
       return;
@@ -532,7 +535,7 @@ export class H2Session {
       else headers[name] = `${prev}${name === 'cookie' ? '; ' : ', '}${value}`;
     });
     const id = b.streamId;
-    const existing = this.streams.get(id);
+    const existing = this.#streams.get(id);
     if (existing) {
       // Trailers from the client: they end the stream and carry no pseudo-headers.
       if (existing.remoteEnded) {
@@ -565,7 +568,7 @@ export class H2Session {
       this.#streamError(id, PROTOCOL_ERROR);
       return;
     }
-    if (this.streams.size >= MAX_CONCURRENT_STREAMS) {
+    if (this.#streams.size >= MAX_CONCURRENT_STREAMS) {
       this.#streamError(id, REFUSED_STREAM);
       return;
     }
@@ -577,7 +580,7 @@ export class H2Session {
       return;
     }
     const s = new H2Stream(id, headers, this, contentLength);
-    this.streams.set(id, s);
+    this.#streams.set(id, s);
     this.hooks.onStream(s);
     if (b.endStream) this.#remoteEnd(s);
   }
@@ -586,7 +589,7 @@ export class H2Session {
     if (id === 0) throw new ConnectionError(PROTOCOL_ERROR, 'RST_STREAM on stream 0');
     if (payload.length !== 4) throw new ConnectionError(FRAME_SIZE_ERROR, 'RST_STREAM of the wrong size');
     if (id > this.#lastStreamId) throw new ConnectionError(PROTOCOL_ERROR, 'RST_STREAM on an idle stream');
-    const s = this.streams.get(id);
+    const s = this.#streams.get(id);
     if (s) this.closeStream(s, payload.readUInt32BE(0));
   }
 
@@ -609,12 +612,12 @@ export class H2Session {
             throw new ConnectionError(FLOW_CONTROL_ERROR, 'SETTINGS_INITIAL_WINDOW_SIZE too large');
           const delta = value - this.peerInitialWindow;
           this.peerInitialWindow = value;
-          for (const s of this.streams.values()) {
+          for (const s of this.#streams.values()) {
             s.sendWindow += delta;
             if (s.sendWindow > MAX_WINDOW)
               throw new ConnectionError(FLOW_CONTROL_ERROR, 'stream window overflow');
           }
-          if (delta > 0) for (const s of [...this.streams.values()]) this.pump(s);
+          if (delta > 0) for (const s of [...this.#streams.values()]) this.pump(s);
           break;
         }
         case SETTINGS_MAX_FRAME_SIZE:
@@ -663,7 +666,7 @@ export class H2Session {
       return;
     }
     if (id > this.#lastStreamId) throw new ConnectionError(PROTOCOL_ERROR, 'WINDOW_UPDATE on an idle stream');
-    const s = this.streams.get(id);
+    const s = this.#streams.get(id);
     if (!s) return;
     if (inc === 0) {
       this.#streamError(id, PROTOCOL_ERROR);
@@ -678,7 +681,7 @@ export class H2Session {
   }
 
   #streamError(id: number, code: number): void {
-    const s = this.streams.get(id);
+    const s = this.#streams.get(id);
     if (s) s.reset(code);
     else this.rst(id, code);
   }
@@ -766,7 +769,11 @@ export class H2Session {
     s.rstCode = code;
     s.pending = [];
     s.pendingBytes = 0;
-    this.streams.delete(s.id);
+    this.#streams.delete(s.id);
+    if (++this.#closedSinceCopy >= STREAM_TABLE_REFRESH) {
+      this.#streams = new Map(this.#streams);
+      this.#closedSinceCopy = 0;
+    }
     s.onclose?.();
     this.#endIfIdle();
   }

@@ -36,6 +36,7 @@ import {
   H2Session,
   type H2Stream,
   MAX_CONCURRENT_STREAMS,
+  STREAM_TABLE_REFRESH,
 } from '../../src/transport/h2-session.js';
 import { encodeHeaders } from '../../src/transport/hpack.js';
 import { dataFrame, headersFrame, RawClient, request } from '../harness/raw-h2.js';
@@ -263,6 +264,23 @@ describe('HTTP/2 session', () => {
     }
     c.send(headersFrame(id, request('/echo'), END_HEADERS | END_STREAM));
     await c.next((f) => f.type === HEADERS && f.id === id);
+    c.close();
+  });
+
+  it('answers every stream while the open-stream table is replaced (open streams carried over)', async () => {
+    const c = await ready();
+    let id = 1;
+    // Each batch opens 13 streams, then ends them one by one: the table is copied while others are open.
+    for (let batch = 0; batch < Math.ceil((STREAM_TABLE_REFRESH * 2.5) / 13); batch++) {
+      const ids = Array.from({ length: 13 }, (_, i) => id + 2 * i);
+      id += 26;
+      c.send(...ids.map((i) => headersFrame(i, request('/echo'))));
+      c.send(...ids.map((i) => dataFrame(i, Buffer.from(`body ${i}`), END_STREAM)));
+      for (const i of ids) {
+        const d = await c.next((f) => f.type === DATA && f.id === i);
+        expect(d.payload.toString()).toBe(`body ${i}`);
+      }
+    }
     c.close();
   });
 
