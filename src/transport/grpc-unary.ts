@@ -16,7 +16,7 @@ import {
   unframe,
   type WireStatus,
 } from './grpc-wire.js';
-import type { H2Headers, H2Stream } from './h2-session.js';
+import type { H2Stream } from './h2-session.js';
 import { encodeHeaders } from './hpack.js';
 import { failure } from './status.js';
 import type { CallContext, ServiceBinding } from './types.js';
@@ -36,15 +36,12 @@ class UnaryCallContext implements CallContext {
   #headers?: Headers;
   #abort?: AbortController;
   cancelled = false;
-  constructor(
-    private readonly stream: H2Stream,
-    private readonly raw: H2Headers,
-  ) {}
+  constructor(private readonly stream: H2Stream) {}
 
   get headers(): Headers {
     if (!this.#headers) {
       const h = new Headers();
-      for (const [k, v] of Object.entries(this.raw)) {
+      for (const [k, v] of Object.entries(this.stream.headers)) {
         if (k.startsWith(':') || TRANSPORT_HEADERS.has(k) || v === undefined) continue;
         for (const one of Array.isArray(v) ? v : [v]) h.append(k, one);
       }
@@ -107,7 +104,7 @@ export const serveUnary = (route: UnaryRoute, stream: H2Stream, log: Logger): vo
     stream.respond(NOT_GRPC, true);
     return;
   }
-  const ctx = new UnaryCallContext(stream, headers);
+  const ctx = new UnaryCallContext(stream);
   let answered = false;
   let timer: NodeJS.Timeout | undefined;
   /** Marks the call answered; false when the client has gone and nothing is to be written. */

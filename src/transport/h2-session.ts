@@ -61,6 +61,12 @@ export type H2Headers = Record<string, string | string[] | undefined>;
 export const MAX_CONCURRENT_STREAMS = 10_000;
 /** A header block (HEADERS + CONTINUATION) larger than this ends the connection (it must be decoded whole). */
 export const MAX_HEADER_BLOCK = 64 * 1024;
+/**
+ * Decoded header list size (names, values, 32 each, as SETTINGS_MAX_HEADER_LIST_SIZE counts) above which
+ * a request is refused (RST_STREAM ENHANCE_YOUR_CALM): indexed references make a small block decode to
+ * far more.
+ */
+export const MAX_HEADER_LIST = 64 * 1024;
 /** Receive windows: a stream's (a 4 MB message arrives without waiting for updates) and the connection's. */
 const STREAM_WINDOW = 4 * 1024 * 1024 + 1024;
 const CONNECTION_WINDOW = 16 * 1024 * 1024;
@@ -233,7 +239,7 @@ export class H2Session {
       settingsFrame([
         [SETTINGS_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT_STREAMS],
         [SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW],
-        [SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK],
+        [SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST],
         [SETTINGS_ENABLE_PUSH, 0],
       ]),
     );
@@ -513,8 +519,14 @@ export class H2Session {
     let malformed = error;
     let regular = false;
     let pseudo = false;
+    let listSize = 0;
     this.#decoder.decode(block, (name, value) => {
       if (malformed) return;
+      listSize += name.length + value.length + 32;
+      if (listSize > MAX_HEADER_LIST) {
+        malformed = new StreamError(ENHANCE_YOUR_CALM);
+        return;
+      }
       if (hasUpper(name) || CONNECTION_HEADERS.has(name) || (name === 'te' && value !== 'trailers')) {
         malformed = new StreamError(PROTOCOL_ERROR);
         return;
@@ -543,7 +555,7 @@ export class H2Session {
         return;
       }
       if (!b.endStream || malformed || pseudo) {
-        this.#streamError(id, PROTOCOL_ERROR);
+        this.#streamError(id, malformed?.code ?? PROTOCOL_ERROR);
         return;
       }
       this.#remoteEnd(existing);

@@ -13,6 +13,7 @@ import {
   DATA,
   END_HEADERS,
   END_STREAM,
+  ENHANCE_YOUR_CALM,
   FRAME_SIZE_ERROR,
   frameHeader,
   GOAWAY,
@@ -264,6 +265,29 @@ describe('HTTP/2 session', () => {
     }
     c.send(headersFrame(id, request('/echo'), END_HEADERS | END_STREAM));
     await c.next((f) => f.type === HEADERS && f.id === id);
+    c.close();
+  });
+
+  it('refuses a request whose headers decode past the list limit, however small the block', async () => {
+    const c = await ready();
+    // One 4,000-byte value added to the dynamic table, then referenced 20 times: ~80 KB from ~4 KB.
+    const value = 'v'.repeat(4000);
+    const indexed = Buffer.concat([
+      Buffer.from([0x40, 5]),
+      Buffer.from('x-big'),
+      Buffer.from([0x7f, 0xa1, 0x1e]),
+      Buffer.from(value),
+      Buffer.alloc(20, 0xbe),
+    ]);
+    c.send(headersFrame(51, Buffer.concat([request('/echo'), indexed]), END_HEADERS | END_STREAM));
+    const r = await c.next((f) => f.type === RST_STREAM && f.id === 51);
+    expect(r.payload.readUInt32BE(0)).toBe(ENHANCE_YOUR_CALM);
+    // The table stays in step: a later request referencing the entry once is answered.
+    c.send(
+      headersFrame(53, Buffer.concat([request('/echo'), Buffer.from([0xbe])]), END_HEADERS | END_STREAM),
+    );
+    await c.next((f) => f.type === HEADERS && f.id === 53);
+    expect(seen.at(-1)?.headers['x-big']).toBe(value);
     c.close();
   });
 
