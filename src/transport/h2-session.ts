@@ -86,6 +86,11 @@ const CONNECTION_HEADERS = new Set([
   'transfer-encoding',
   'upgrade',
 ]);
+/**
+ * The prototype of every request's header object: it has none of its own (a header named `constructor`
+ * or `__proto__` is just a header), and unlike a null prototype it lets V8 keep the object in fast mode.
+ */
+const NO_PROPERTIES: object = Object.freeze(Object.create(null));
 const REQUEST_PSEUDO = new Set([':method', ':scheme', ':path', ':authority']);
 
 /** A stream-level failure: RST_STREAM with this code, the connection goes on. */
@@ -515,7 +520,7 @@ export class H2Session {
   #decodeBlock(b: HeaderBlock, error?: StreamError): void {
     const block = b.parts.length === 1 ? b.parts[0]! : Buffer.concat(b.parts);
     // Every block is decoded, even for a stream about to be refused: the decoder's table must follow.
-    const headers: H2Headers = Object.create(null);
+    const headers: H2Headers = Object.create(NO_PROPERTIES);
     let malformed = error;
     let regular = false;
     let pseudo = false;

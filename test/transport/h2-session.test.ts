@@ -129,6 +129,27 @@ describe('HTTP/2 session', () => {
     c.close();
   });
 
+  it('keeps headers named like object properties as plain headers, and joins repeated ones', async () => {
+    const c = await ready();
+    const extra: [string, string][] = [
+      ['__proto__', 'p'],
+      ['constructor', 'c'],
+      ['x-twice', 'a'],
+      ['x-twice', 'b'],
+      ['cookie', 'a=1'],
+      ['cookie', 'b=2'],
+    ];
+    c.send(headersFrame(55, request('/echo', extra), END_HEADERS | END_STREAM));
+    await c.next((f) => f.type === HEADERS && f.id === 55);
+    const h = seen.at(-1)!.headers;
+    expect(Object.entries(h)).toContainEqual(['__proto__', 'p']);
+    expect(h.constructor).toBe('c');
+    expect(h.toString).toBeUndefined();
+    expect(h['x-twice']).toBe('a, b');
+    expect(h.cookie).toBe('a=1; b=2');
+    c.close();
+  });
+
   it('reads padded HEADERS, CONTINUATION frames and padded DATA', async () => {
     const c = await ready();
     const block = request('/echo', [['x-long', 'v'.repeat(300)]]);
