@@ -60,13 +60,13 @@ export type H2Headers = Record<string, string | string[] | undefined>;
 /** Streams one connection may have open at once; more are refused (the client retries them). */
 export const MAX_CONCURRENT_STREAMS = 10_000;
 /** A header block (HEADERS + CONTINUATION) larger than this ends the connection (it must be decoded whole). */
-export const MAX_HEADER_BLOCK = 64 * 1024;
+const MAX_HEADER_BLOCK = 64 * 1024;
 /**
  * Decoded header list size (names, values, 32 each, as SETTINGS_MAX_HEADER_LIST_SIZE counts) above which
  * a request is refused (RST_STREAM ENHANCE_YOUR_CALM): indexed references make a small block decode to
  * far more.
  */
-export const MAX_HEADER_LIST = 64 * 1024;
+const MAX_HEADER_LIST = 64 * 1024;
 /** Receive windows: a stream's (a 4 MB message arrives without waiting for updates) and the connection's. */
 const STREAM_WINDOW = 4 * 1024 * 1024 + 1024;
 const CONNECTION_WINDOW = 16 * 1024 * 1024;
