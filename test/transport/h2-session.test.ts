@@ -186,6 +186,16 @@ describe('HTTP/2 session', () => {
     c.close();
   });
 
+  it('a PING left unanswered reports false when the connection goes, and only one is out at a time', async () => {
+    const c = await ready();
+    const session = [...sessions].at(-1)!;
+    const answered = new Promise<boolean>((r) => session.ping(r));
+    expect(session.ping(() => {})).toBe(false);
+    await c.next((f) => f.type === PING && f.flags === 0);
+    c.close();
+    expect(await answered).toBe(false);
+  });
+
   it('keeps to the client’s windows and frame size: data waits for WINDOW_UPDATE', async () => {
     const c = await ready([[SETTINGS_INITIAL_WINDOW_SIZE, 1000]]);
     c.send(headersFrame(5, request('/size/40000'), END_HEADERS | END_STREAM));
