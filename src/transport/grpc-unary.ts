@@ -135,8 +135,7 @@ export const serveUnary = (route: UnaryRoute, stream: H2Stream, log: Logger): vo
       return;
     }
     if (!settle()) return;
-    stream.respond(OK_HEADERS);
-    stream.end(out, OK_TRAILERS);
+    stream.answer(OK_HEADERS, out, OK_TRAILERS);
   };
   const run = (u: Unframed): void => {
     if (answered) return;

@@ -52,12 +52,25 @@ export class ConnectionError extends Error {
   }
 }
 
+/** Writes a frame header at `at`; returns where the payload goes. */
+export const writeFrameHeader = (
+  b: Buffer,
+  at: number,
+  length: number,
+  type: number,
+  flags: number,
+  streamId: number,
+): number => {
+  b.writeUIntBE(length, at, 3);
+  b[at + 3] = type;
+  b[at + 4] = flags;
+  b.writeUInt32BE(streamId, at + 5);
+  return at + FRAME_HEADER;
+};
+
 export const frameHeader = (length: number, type: number, flags: number, streamId: number): Buffer => {
   const b = Buffer.allocUnsafe(FRAME_HEADER);
-  b.writeUIntBE(length, 0, 3);
-  b[3] = type;
-  b[4] = flags;
-  b.writeUInt32BE(streamId, 5);
+  writeFrameHeader(b, 0, length, type, flags, streamId);
   return b;
 };
 

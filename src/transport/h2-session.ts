@@ -51,6 +51,7 @@ import {
   settingsFrame,
   u32Frame,
   WINDOW_UPDATE,
+  writeFrameHeader,
 } from './h2-frames.js';
 import { HpackDecoder, HpackError } from './hpack.js';
 
@@ -143,6 +144,37 @@ export class H2Stream {
     if (endStream) this.session.localEnd(this);
   }
 
+  /**
+   * A whole answer — header block, one body, trailers — as one buffer of three frames when the windows
+   * and the peer's frame size let the body go at once (a unary call's answer); else respond() and end().
+   */
+  answer(headers: Buffer, body: Buffer, trailers: Buffer): void {
+    if (this.closed || this.headersSent || this.pendingEnd !== undefined) return;
+    const session = this.session;
+    const max = session.peerMaxFrame;
+    if (
+      headers.length > max ||
+      trailers.length > max ||
+      body.length > Math.min(max, this.sendWindow) ||
+      !session.spend(body.length)
+    ) {
+      this.respond(headers);
+      this.end(body, trailers);
+      return;
+    }
+    this.headersSent = true;
+    this.sendWindow -= body.length;
+    const out = Buffer.allocUnsafe(3 * FRAME_HEADER + headers.length + body.length + trailers.length);
+    let at = writeFrameHeader(out, 0, headers.length, HEADERS, END_HEADERS, this.id);
+    at += headers.copy(out, at);
+    at = writeFrameHeader(out, at, body.length, DATA, 0, this.id);
+    at += body.copy(out, at);
+    at = writeFrameHeader(out, at, trailers.length, HEADERS, END_HEADERS | END_STREAM, this.id);
+    trailers.copy(out, at);
+    session.queue(out);
+    session.localEnd(this);
+  }
+
   /** Queues body bytes; false when the producer should wait for ondrain. */
   write(chunk: Buffer): boolean {
     if (this.closed || this.localEnded || this.pendingEnd !== undefined) return false;
@@ -206,6 +238,56 @@ const hasUpper = (s: string): boolean => {
   return false;
 };
 
+/**
+ * One request's header object, built as the decoder reads its block, with what makes the request
+ * malformed (RFC 9113 §8.2, §8.3) or too large. One per session, started anew for each block: its `add`
+ * is the decoder's callback, so a block costs no closure.
+ */
+class HeaderList {
+  headers: H2Headers = Object.create(NO_PROPERTIES);
+  error: StreamError | undefined;
+  /** A pseudo-header was seen (trailers must have none). */
+  pseudo = false;
+  #regular = false;
+  #size = 0;
+
+  start(error: StreamError | undefined): void {
+    this.headers = Object.create(NO_PROPERTIES);
+    this.error = error;
+    this.pseudo = false;
+    this.#regular = false;
+    this.#size = 0;
+  }
+
+  readonly add = (name: string, value: string): void => {
+    if (this.error) return;
+    this.#size += name.length + value.length + 32;
+    if (this.#size > MAX_HEADER_LIST) {
+      this.error = new StreamError(ENHANCE_YOUR_CALM);
+      return;
+    }
+    if (hasUpper(name) || CONNECTION_HEADERS.has(name) || (name === 'te' && value !== 'trailers')) {
+      this.error = new StreamError(PROTOCOL_ERROR);
+      return;
+    }
+    const headers = this.headers;
+    if (name.charCodeAt(0) === 58) {
+      this.pseudo = true;
+      if (this.#regular || !REQUEST_PSEUDO.has(name) || headers[name] !== undefined) {
+        this.error = new StreamError(PROTOCOL_ERROR);
+        return;
+      }
+      headers[name] = value;
+      return;
+    }
+    this.#regular = true;
+    const prev = headers[name];
+    if (prev === undefined) headers[name] = value;
+    else if (name === 'set-cookie') headers[name] = Array.isArray(prev) ? [...prev, value] : [prev, value];
+    else headers[name] = `${prev}${name === 'cookie' ? '; ' : ', '}${value}`;
+  };
+}
+
 export class H2Session {
   /**
    * Open streams. Replaced by a copy every STREAM_TABLE_REFRESH closes: V8 links a rehashed Map table to
@@ -223,6 +305,7 @@ export class H2Session {
   #lastStreamId = 0;
   #goaway: number | undefined;
   #decoder = new HpackDecoder();
+  #list = new HeaderList();
   #block: HeaderBlock | undefined;
   /** A stream error found before the block's CONTINUATION frames came (its priority names itself). */
   #blockError: StreamError | undefined;
@@ -280,6 +363,13 @@ export class H2Session {
       this.#paused = true;
       this.socket.pause();
     }
+  }
+
+  /** Takes n bytes of the connection's send window when it has them. */
+  spend(n: number): boolean {
+    if (this.#sendWindow < n) return false;
+    this.#sendWindow -= n;
+    return true;
   }
 
   /** Sends a PING; done(true) on its ACK, done(false) if the session closes first. One at a time. */
@@ -487,20 +577,14 @@ export class H2Session {
 
   /** Collects the block (waiting for CONTINUATION when not END_HEADERS), then decodes it. */
   #afterBlock(id: number, flags: number, fragment: Buffer, error?: StreamError): void {
-    const b: HeaderBlock = {
-      streamId: id,
-      endStream: (flags & END_STREAM) !== 0,
-      parts: [fragment],
-      size: fragment.length,
-    };
-    if (!(flags & END_HEADERS)) {
-      // Copied: the socket's buffer is not kept past this read.
-      b.parts[0] = Buffer.from(fragment);
-      this.#block = b;
-      if (error) this.#blockError = error;
+    const endStream = (flags & END_STREAM) !== 0;
+    if (flags & END_HEADERS) {
+      this.#decodeBlock(id, endStream, fragment, error);
       return;
     }
-    this.#decodeBlock(b, error);
+    // Copied: the socket's buffer is not kept past this read.
+    this.#block = { streamId: id, endStream, parts: [Buffer.from(fragment)], size: fragment.length };
+    this.#blockError = error;
   }
 
   #continuation(flags: number, id: number, payload: Buffer): void {
@@ -514,44 +598,15 @@ export class H2Session {
     this.#block = undefined;
     const error = this.#blockError;
     this.#blockError = undefined;
-    this.#decodeBlock(b, error);
+    this.#decodeBlock(b.streamId, b.endStream, Buffer.concat(b.parts), error);
   }
 
-  #decodeBlock(b: HeaderBlock, error?: StreamError): void {
-    const block = b.parts.length === 1 ? b.parts[0]! : Buffer.concat(b.parts);
+  #decodeBlock(id: number, endStream: boolean, block: Buffer, error?: StreamError): void {
     // Every block is decoded, even for a stream about to be refused: the decoder's table must follow.
-    const headers: H2Headers = Object.create(NO_PROPERTIES);
-    let malformed = error;
-    let regular = false;
-    let pseudo = false;
-    let listSize = 0;
-    this.#decoder.decode(block, (name, value) => {
-      if (malformed) return;
-      listSize += name.length + value.length + 32;
-      if (listSize > MAX_HEADER_LIST) {
-        malformed = new StreamError(ENHANCE_YOUR_CALM);
-        return;
-      }
-      if (hasUpper(name) || CONNECTION_HEADERS.has(name) || (name === 'te' && value !== 'trailers')) {
-        malformed = new StreamError(PROTOCOL_ERROR);
-        return;
-      }
-      if (name.charCodeAt(0) === 58) {
-        pseudo = true;
-        if (regular || !REQUEST_PSEUDO.has(name) || headers[name] !== undefined) {
-          malformed = new StreamError(PROTOCOL_ERROR);
-          return;
-        }
-        headers[name] = value;
-        return;
-      }
-      regular = true;
-      const prev = headers[name];
-      if (prev === undefined) headers[name] = value;
-      else if (name === 'set-cookie') headers[name] = Array.isArray(prev) ? [...prev, value] : [prev, value];
-      else headers[name] = `${prev}${name === 'cookie' ? '; ' : ', '}${value}`;
-    });
-    const id = b.streamId;
+    const list = this.#list;
+    list.start(error);
+    this.#decoder.decode(block, list.add);
+    const { headers, error: malformed, pseudo } = list;
     const existing = this.#streams.get(id);
     if (existing) {
       // Trailers from the client: they end the stream and carry no pseudo-headers.
@@ -559,7 +614,7 @@ export class H2Session {
         this.#streamError(id, STREAM_CLOSED);
         return;
       }
-      if (!b.endStream || malformed || pseudo) {
+      if (!endStream || malformed || pseudo) {
         this.#streamError(id, malformed?.code ?? PROTOCOL_ERROR);
         return;
       }
@@ -592,14 +647,14 @@ export class H2Session {
     const length = headers['content-length'];
     const contentLength =
       length === undefined ? -1 : /^\d{1,15}$/.test(length as string) ? Number(length) : Number.NaN;
-    if (Number.isNaN(contentLength) || (b.endStream && contentLength > 0)) {
+    if (Number.isNaN(contentLength) || (endStream && contentLength > 0)) {
       this.#streamError(id, PROTOCOL_ERROR);
       return;
     }
     const s = new H2Stream(id, headers, this, contentLength);
     this.#streams.set(id, s);
     this.hooks.onStream(s);
-    if (b.endStream) this.#remoteEnd(s);
+    if (endStream) this.#remoteEnd(s);
   }
 
   #rstStream(id: number, payload: Buffer): void {

@@ -51,7 +51,7 @@ const sessions = new Set<H2Session>();
 const seen: { headers: H2Headers; body: Buffer }[] = [];
 const closes: { path: string; rstCode: number | undefined }[] = [];
 
-/** /echo answers the body back; /size/N answers N bytes; /early answers before the body; /hold never does. */
+/** /echo answers the body back; /size/N answers N bytes (/answer/N the same in one answer() call); /early answers before the body; /hold never does. */
 const onStream = (s: H2Stream): void => {
   const path = s.headers[':path'] as string;
   const chunks: Buffer[] = [];
@@ -65,6 +65,11 @@ const onStream = (s: H2Stream): void => {
     const body = Buffer.concat(chunks);
     seen.push({ headers: s.headers, body });
     if (path === '/hold') return;
+    const whole = /^\/answer\/(\d+)$/.exec(path);
+    if (whole) {
+      s.answer(OK, Buffer.alloc(Number(whole[1]), 5), TRAILERS);
+      return;
+    }
     s.respond(OK);
     const size = /^\/size\/(\d+)$/.exec(path);
     s.end(size ? Buffer.alloc(Number(size[1]), 7) : body, TRAILERS);
@@ -218,6 +223,32 @@ describe('HTTP/2 session', () => {
       got += f.payload.length;
     }
     expect(got).toBe(40_000);
+    c.close();
+  });
+
+  it('answer(): headers, body and trailers at once when the windows allow, else as flow control lets them', async () => {
+    const c = await ready([[SETTINGS_INITIAL_WINDOW_SIZE, 1000]]);
+    c.send(headersFrame(1, request('/answer/600'), END_HEADERS | END_STREAM));
+    const h = await c.next((f) => f.id === 1);
+    expect(h.type).toBe(HEADERS);
+    const d = await c.next((f) => f.id === 1);
+    expect([d.type, d.payload.length]).toEqual([DATA, 600]);
+    const t = await c.next((f) => f.id === 1);
+    expect([t.type, t.flags & END_STREAM]).toEqual([HEADERS, END_STREAM]);
+    // 5,000 bytes against a 1,000-byte stream window: the first 1,000, the rest after WINDOW_UPDATE.
+    c.send(headersFrame(3, request('/answer/5000'), END_HEADERS | END_STREAM));
+    await c.next((f) => f.type === HEADERS && f.id === 3);
+    expect((await c.next((f) => f.type === DATA && f.id === 3)).payload.length).toBe(1000);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(c.frames.some((f) => f.id === 3)).toBe(false);
+    c.send(u32Frame(WINDOW_UPDATE, 3, 10_000));
+    let got = 1000;
+    for (;;) {
+      const f = await c.next((x) => x.id === 3);
+      if (f.type === HEADERS) break;
+      got += f.payload.length;
+    }
+    expect(got).toBe(5000);
     c.close();
   });
 
