@@ -1,6 +1,13 @@
 /** A raw HTTP/2 client for protocol tests: writes frames as given, reads the server's frame by frame. */
 import { connect, type Socket } from 'node:net';
-import { DATA, END_HEADERS, frameHeader, HEADERS, PREFACE } from '../../src/transport/h2-frames.js';
+import {
+  DATA,
+  END_HEADERS,
+  END_STREAM,
+  frameHeader,
+  HEADERS,
+  PREFACE,
+} from '../../src/transport/h2-frames.js';
 import { encodeHeaders, HpackDecoder } from '../../src/transport/hpack.js';
 
 export interface Frame {
@@ -65,6 +72,21 @@ export class RawClient {
         this.#wake = r;
         setTimeout(r, 50);
       });
+    }
+  }
+
+  /** A stream's DATA bytes up to its closing HEADERS (END_STREAM), no frame above the default max frame size. */
+  async bodyUntilTrailers(id: number): Promise<number> {
+    let got = 0;
+    for (;;) {
+      const f = await this.next((x) => (x.type === DATA || x.type === HEADERS) && x.id === id);
+      if (f.type === HEADERS) {
+        if (!(f.flags & END_STREAM)) throw new Error(`stream ${id}: HEADERS without END_STREAM`);
+        return got;
+      }
+      if (f.payload.length > 16_384)
+        throw new Error(`stream ${id}: a DATA frame of ${f.payload.length} bytes`);
+      got += f.payload.length;
     }
   }
 
