@@ -15,7 +15,6 @@ import {
   ServerCredentials,
   type ServerInterceptingCall,
   type ServerInterceptor,
-  type ServerUnaryCall,
   type ServerWritableStream,
   type ServiceDefinition,
   type UntypedServiceImplementation,
@@ -92,13 +91,11 @@ export const grpcServiceDefinition = (service: DescService): ServiceDefinition =
   return def;
 };
 
-/** Built lazily: most RLS calls read neither headers nor the signal, and this is the hot path. */
-type SurfaceCall = ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>;
-
+/** A server-streaming call's context (unary calls get UnaryCallContext), built lazily as that one is. */
 class GrpcCallContext implements CallContext {
   #headers?: Headers;
   #abort?: AbortController;
-  constructor(private readonly call: SurfaceCall) {}
+  constructor(private readonly call: ServerWritableStream<unknown, unknown>) {}
 
   get headers(): Headers {
     if (!this.#headers) {

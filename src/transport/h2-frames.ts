@@ -74,23 +74,22 @@ export const frameHeader = (length: number, type: number, flags: number, streamI
   return b;
 };
 
+/** A whole frame's buffer, its header written and `length` bytes of payload left to fill from FRAME_HEADER. */
+const newFrame = (length: number, type: number, flags: number, streamId: number): Buffer => {
+  const b = Buffer.allocUnsafe(FRAME_HEADER + length);
+  writeFrameHeader(b, 0, length, type, flags, streamId);
+  return b;
+};
+
 /** A frame whose payload is a 32-bit number: RST_STREAM (an error code) or WINDOW_UPDATE (an increment). */
 export const u32Frame = (type: number, streamId: number, value: number): Buffer => {
-  const b = Buffer.allocUnsafe(FRAME_HEADER + 4);
-  b.writeUIntBE(4, 0, 3);
-  b[3] = type;
-  b[4] = 0;
-  b.writeUInt32BE(streamId, 5);
-  b.writeUInt32BE(value, 9);
+  const b = newFrame(4, type, 0, streamId);
+  b.writeUInt32BE(value, FRAME_HEADER);
   return b;
 };
 
 export const settingsFrame = (settings: ReadonlyArray<readonly [number, number]>): Buffer => {
-  const b = Buffer.allocUnsafe(FRAME_HEADER + settings.length * 6);
-  b.writeUIntBE(settings.length * 6, 0, 3);
-  b[3] = SETTINGS;
-  b[4] = 0;
-  b.writeUInt32BE(0, 5);
+  const b = newFrame(settings.length * 6, SETTINGS, 0, 0);
   settings.forEach(([id, value], i) => {
     b.writeUInt16BE(id, FRAME_HEADER + i * 6);
     b.writeUInt32BE(value, FRAME_HEADER + i * 6 + 2);
@@ -101,22 +100,14 @@ export const settingsFrame = (settings: ReadonlyArray<readonly [number, number]>
 export const SETTINGS_ACK = frameHeader(0, SETTINGS, ACK, 0);
 
 export const goawayFrame = (lastStreamId: number, code: number): Buffer => {
-  const b = Buffer.allocUnsafe(FRAME_HEADER + 8);
-  b.writeUIntBE(8, 0, 3);
-  b[3] = GOAWAY;
-  b[4] = 0;
-  b.writeUInt32BE(0, 5);
-  b.writeUInt32BE(lastStreamId, 9);
-  b.writeUInt32BE(code, 13);
+  const b = newFrame(8, GOAWAY, 0, 0);
+  b.writeUInt32BE(lastStreamId, FRAME_HEADER);
+  b.writeUInt32BE(code, FRAME_HEADER + 4);
   return b;
 };
 
 export const pingFrame = (flags: number, payload: Uint8Array): Buffer => {
-  const b = Buffer.allocUnsafe(FRAME_HEADER + 8);
-  b.writeUIntBE(8, 0, 3);
-  b[3] = PING;
-  b[4] = flags;
-  b.writeUInt32BE(0, 5);
+  const b = newFrame(8, PING, flags, 0);
   b.set(payload.subarray(0, 8), FRAME_HEADER);
   return b;
 };
@@ -133,11 +124,7 @@ export const headerFrames = (
 ): Buffer => {
   const end = endStream ? END_STREAM : 0;
   if (block.length <= maxFrame) {
-    const b = Buffer.allocUnsafe(FRAME_HEADER + block.length);
-    b.writeUIntBE(block.length, 0, 3);
-    b[3] = HEADERS;
-    b[4] = END_HEADERS | end;
-    b.writeUInt32BE(streamId, 5);
+    const b = newFrame(block.length, HEADERS, END_HEADERS | end, streamId);
     block.copy(b, FRAME_HEADER);
     return b;
   }
