@@ -6,10 +6,14 @@
 import { type AddressInfo, createServer } from 'node:net';
 import { fromBinary, toBinary } from '@bufbuild/protobuf';
 import { RateLimitRequestSchema, RateLimitResponseSchema } from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import { tuneGc } from '../src/gc.js';
 import { frame } from '../src/transport/grpc-wire.js';
 import { H2Session, type H2Stream } from '../src/transport/h2-session.js';
 import { encodeHeaders } from '../src/transport/hpack.js';
 import { EMPTY_OK } from './requests.js';
+
+// The serve command's V8 settings, so the ratios compare frameworks, not GC flags.
+tuneGc();
 
 const HEADERS = encodeHeaders([
   [':status', '200'],

@@ -11,7 +11,11 @@ import {
   type RateLimitResponse,
   RateLimitResponseSchema,
 } from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
+import { tuneGc } from '../src/gc.js';
 import { EMPTY_OK, SERVICE_PATH } from './requests.js';
+
+// The serve command's V8 settings, so the ratios compare frameworks, not GC flags.
+tuneGc();
 
 const definition: grpc.ServiceDefinition = {
   shouldRateLimit: {

@@ -1,5 +1,5 @@
-import { setFlagsFromString } from 'node:v8';
 import { ConfigError } from '../config/errors.js';
+import { tuneGc } from '../gc.js';
 import { createLogger } from '../log.js';
 import { type ServerParts, startServer } from '../server.js';
 import { parseSettings, type Settings, SettingsError, settingsHelp } from '../settings.js';
@@ -83,11 +83,6 @@ export const run = async (argv: string[]): Promise<number> => {
     process.stderr.write(`ratekeeper serve: ${err.message}\n\n${USAGE}`);
     return 2;
   }
-  // V8 moves an allocation site to old space once most of its objects outlive a scavenge at full
-  // new-space size. Here that misfires: a call's short-lived arrays (its body chunks, among others) were
-  // tenured, and the young objects they pointed at then survived every scavenge until a full GC. Off,
-  // an (a) decision at 5 in flight left 4 KB instead of 477 KB per scavenge and the pause fell from
-  // 1.67 to 0.62 ms (--trace-gc-nvp; README, Performance). Read at each GC, so set before the first.
-  setFlagsFromString('--no-allocation-site-pretenuring');
+  tuneGc();
   return serveUntilSignal(settings);
 };
