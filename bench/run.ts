@@ -686,7 +686,7 @@ const h2Shape = (o: Options, load: H2Load) => {
 };
 
 /**
- * Latency at half of peak, closed loop: one connection with the fewest streams in flight (1, 2, 3, 5, 8, …)
+ * Latency at half of peak, closed loop: one connection with the fewest streams in flight (1, 2, 3, 4, 5, …)
  * whose rate reaches half the scenario's peak, found with short probes. Beside the open-loop pass (many
  * connections, arrivals spread out): requests that arrive together share the server's per-call costs
  * (one read, one Redis call), so the two bracket what a fleet of proxies would see.
@@ -703,9 +703,10 @@ const halfLoadPass = async (
 ): Promise<void> => {
   const half = peakOf(ctx.passes, id) / 2;
   if (half <= 0) return;
-  // Steps of about 1.5×, so the pass lands near half of peak rather than up to twice the load.
+  // Steps of about 1.25× (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 19, 24, 30, …): latency in a closed loop grows
+  // with the calls in flight, so a coarse step measured up to 1.5× the load half of peak needs.
   let streams = 1;
-  for (; streams < ctx.o.concurrency; streams = streams < 2 ? 2 : Math.round(streams * 1.5)) {
+  for (; streams < ctx.o.concurrency; streams = Math.max(streams + 1, Math.round(streams * 1.25))) {
     const probe = await runH2load({
       ...h2Target(target, req, via),
       ...h2Shape(ctx.o, { mode: 'half', streams }),
