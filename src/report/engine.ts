@@ -237,7 +237,8 @@ export class SignalEngine {
     if (e.longHeld && e.atMs >= (s.shared.longHeld?.atMs ?? Number.NEGATIVE_INFINITY)) {
       // Updated in place: an object a decision stored in this long-lived state was promoted, ~60 KB a
       // scavenge at (c)'s half load, and the pause grew by ~0.3 ms (--trace-gc-nvp, alternated runs).
-      const held = (s.shared.longHeld ??= { count: 0, oldestMs: 0, atMs: 0 });
+      s.shared.longHeld ??= { count: 0, oldestMs: 0, atMs: 0 };
+      const held = s.shared.longHeld;
       held.count = e.longHeld.count;
       held.oldestMs = e.longHeld.oldestMs;
       held.atMs = e.atMs;

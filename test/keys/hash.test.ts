@@ -5,7 +5,9 @@ import { hashWithPepper } from '../../src/keys/hash.js';
 describe('hashWithPepper', () => {
   it('is the hex SHA-256 of pepper then key, as keys stored by earlier versions were hashed', () => {
     // The published SHA-256 of "abc" (FIPS 180-2, appendix B.1): pepper "a", key "bc".
-    expect(hashWithPepper('bc', 'a')).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
+    expect(hashWithPepper('bc', 'a')).toBe(
+      'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad',
+    );
     for (const [raw, pepper] of [
       ['sk-live-0123456789', 'pepper'],
       ['ключ', 'перец'],
