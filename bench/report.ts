@@ -24,7 +24,7 @@ const COLUMNS: [string, (p: Pass) => string][] = [
       p.mode === 'paced'
         ? `paced ${f(p.targetRate)}/s`
         : p.mode === 'half'
-          ? `half, ${p.inFlight} in flight`
+          ? `half, ${p.inFlight} in flight (${p.connections ?? 1} conn)`
           : 'peak',
   ],
   ['decisions/s', (p) => f(p.rate)],
@@ -80,7 +80,9 @@ export const targets = (passes: Pass[]): string[] => {
     const half = at(id, 'half');
     if (half) {
       const ok = half.latency.p99 < 2 ? ' ok' : ' MISS (target < 2 ms)';
-      parts.push(`${latency(half)} at half of peak (closed loop, ${half.inFlight} in flight)${ok}`);
+      parts.push(
+        `${latency(half)} at half of peak (closed loop, ${half.inFlight} in flight over ${half.connections ?? 1} connection(s))${ok}`,
+      );
     }
     const paced = at(id, 'paced');
     if (paced) parts.push(`open loop (${paced.driver} paced): ${latency(paced)}`);

@@ -209,8 +209,9 @@ export interface Pass {
   mode: Mode;
   /** Paced passes: the rate asked for. */
   targetRate?: number;
-  /** Half-load passes: calls kept in flight. */
+  /** Half-load passes: calls kept in flight, over this many HTTP/2 connections. */
   inFlight?: number;
+  connections?: number;
   rate: number;
   decisions: number;
   overLimit: number;
@@ -540,6 +541,7 @@ const finishPass = (
     mode: Mode;
     targetRate?: number;
     inFlight?: number;
+    connections?: number;
     result: {
       decisions: number;
       overLimit?: number;
@@ -568,7 +570,7 @@ const finishPass = (
     driver: p.driver,
     mode: p.mode,
     ...(p.targetRate ? { targetRate: Math.round(p.targetRate) } : {}),
-    ...(p.inFlight ? { inFlight: p.inFlight } : {}),
+    ...(p.inFlight ? { inFlight: p.inFlight, connections: p.connections } : {}),
     rate: r.rate,
     decisions: r.decisions,
     overLimit: r.overLimit ?? 0,
@@ -648,7 +650,9 @@ const h2Pass = async (
     driver: 'h2load',
     mode: load.mode,
     ...(load.mode === 'paced' ? { targetRate: load.rate } : {}),
-    ...(load.mode === 'half' ? { inFlight: load.streams } : {}),
+    ...(load.mode === 'half'
+      ? { inFlight: load.streams * h2Shape(o, load).connections, connections: h2Shape(o, load).connections }
+      : {}),
     result: { ...r, errors: r.failed ? { failed: r.failed } : {} },
     m,
     target,
@@ -671,7 +675,7 @@ const h2Target = (target: Target, req: RateLimitRequest, via: 'grpc' | 'http') =
       };
 
 const h2Shape = (o: Options, load: H2Load) => {
-  if (load.mode === 'half') return { connections: 1, streams: load.streams };
+  if (load.mode === 'half') return { connections: Math.max(1, o.connections), streams: load.streams };
   if (load.mode === 'paced') {
     // Enough connections for at most STAGGER_MAX_RPS each: arrivals spread out (see runH2load).
     const connections = Math.max(o.connections, Math.ceil(load.rate / STAGGER_MAX_RPS));
@@ -686,10 +690,13 @@ const h2Shape = (o: Options, load: H2Load) => {
 };
 
 /**
- * Latency at half of peak, closed loop: one connection with the fewest streams in flight (1, 2, 3, 4, 5, …)
- * whose rate reaches half the scenario's peak, found with short probes. Beside the open-loop pass (many
- * connections, arrivals spread out): requests that arrive together share the server's per-call costs
- * (one read, one Redis call), so the two bracket what a fleet of proxies would see.
+ * Latency at half of peak, closed loop: the peak pass's connections (--connections) with the fewest streams
+ * each (1, 2, 3, 4, 5, …) whose rate reaches half the scenario's peak, found with short probes. The same
+ * shape as the peak at half its rate: on one connection the server's turn, Redis and the client take turns
+ * instead of overlapping, and that loop alone tops out near half of (b)'s and (c)'s peaks, so its latency
+ * there was mostly the loop's queue. Beside the open-loop pass (many connections, arrivals spread out):
+ * requests that arrive together share the server's per-call costs (one read, one Redis call), so the two
+ * bracket what a fleet of proxies would see.
  */
 const halfLoadPass = async (
   ctx: Ctx,
@@ -706,7 +713,8 @@ const halfLoadPass = async (
   // Steps of about 1.25× (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 19, 24, 30, …): latency in a closed loop grows
   // with the calls in flight, so a coarse step measured up to 1.5× the load half of peak needs.
   let streams = 1;
-  for (; streams < ctx.o.concurrency; streams = Math.max(streams + 1, Math.round(streams * 1.25))) {
+  const most = h2Shape(ctx.o, { mode: 'peak' }).streams;
+  for (; streams < most; streams = Math.max(streams + 1, Math.round(streams * 1.25))) {
     const probe = await runH2load({
       ...h2Target(target, req, via),
       ...h2Shape(ctx.o, { mode: 'half', streams }),

@@ -25,13 +25,15 @@ describe('bench targets', () => {
     const lines = targets([
       pass({ vsEmpty: 0.55, redisScriptsPerDecision: 0.04, redisCallsPerDecision: 0.04 }),
       pass({ mode: 'paced', targetRate: 500, rate: 499, latency: latency(30) }),
-      pass({ mode: 'half', inFlight: 2, rate: 520, latency: latency(1.5) }),
+      pass({ mode: 'half', inFlight: 4, connections: 2, rate: 520, latency: latency(1.5) }),
     ]);
     expect(lines).toHaveLength(1);
     const [c] = lines as [string];
     expect(c).toContain('55% of the empty server (h2load) ok');
     expect(c).toContain('0.04 script calls/decision ok');
-    expect(c).toContain('p99 1.50 ms at 520/s at half of peak (closed loop, 2 in flight) ok');
+    expect(c).toContain(
+      'p99 1.50 ms at 520/s at half of peak (closed loop, 4 in flight over 2 connection(s)) ok',
+    );
     expect(c).toContain('open loop (h2load paced): p99 30.00 ms at 499/s');
   });
 
