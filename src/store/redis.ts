@@ -215,9 +215,9 @@ export class RedisStore implements LimiterStore {
   private probe: NodeJS.Timeout | undefined;
   private loading: Promise<unknown> = Promise.resolve();
   /**
-   * Each cluster slot's batch (slot 0 off a cluster), kept once made: entries are never deleted, since
-   * a Map that shrinks makes a new table on each flush and links the old one to it, and once one
-   * such table was promoted every later one survived each scavenge (~100 KB a scavenge with (c)).
+   * Each cluster slot's batch (slot 0 off a cluster), kept once made and emptied when sent: a Map
+   * emptied by delete shrinks into a new table, one per flush, each linked from the one before; with
+   * Map.clear() that chain once kept every batch alive until a full GC (~750 bytes a decision).
    */
   private readonly batches = new Map<number, Batch>();
   /** Batches given a decision since the last flush. */
