@@ -631,9 +631,10 @@ const h2Pass = async (
   const { o } = ctx;
   let w0: Window | undefined;
   let w1: Window | undefined;
+  const shape = h2Shape(o, load);
   const r = await runH2load({
     ...h2Target(target, req, via),
-    ...h2Shape(o, load),
+    ...shape,
     warmupS: o.warmupS,
     durationS: o.durationS,
     dir: ctx.dir,
@@ -651,7 +652,7 @@ const h2Pass = async (
     mode: load.mode,
     ...(load.mode === 'paced' ? { targetRate: load.rate } : {}),
     ...(load.mode === 'half'
-      ? { inFlight: load.streams * h2Shape(o, load).connections, connections: h2Shape(o, load).connections }
+      ? { inFlight: load.streams * shape.connections, connections: shape.connections }
       : {}),
     result: { ...r, errors: r.failed ? { failed: r.failed } : {} },
     m,
