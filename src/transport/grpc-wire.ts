@@ -4,16 +4,13 @@
  */
 import { gunzip, inflate } from 'node:zlib';
 import { Code } from '@connectrpc/connect';
+import type { WireStatus } from './status.js';
 
 /** grpc-js's default receive limit, kept so clients see the same RESOURCE_EXHAUSTED either way. */
 export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
 
-const PREFIX = 5;
-
-export interface WireStatus {
-  code: Code;
-  message: string;
-}
+/** A message's prefix: compressed flag and length. */
+export const PREFIX = 5;
 
 const UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 };
 

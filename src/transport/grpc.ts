@@ -1,14 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { type AddressInfo, createServer } from 'node:net';
-import {
-  create,
-  type DescMethod,
-  type DescService,
-  fromBinary,
-  isMessage,
-  type Message,
-  toBinary,
-} from '@bufbuild/protobuf';
+import { type DescMethod, type DescService, fromBinary, type Message, toBinary } from '@bufbuild/protobuf';
 import {
   type MethodDefinition,
   Server,
@@ -19,14 +11,21 @@ import {
   type ServiceDefinition,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { fastDecoderFor } from './fast-decode.js';
-import { asBuffer, fastEncoderFor } from './fast-encode.js';
-import { serveUnary, type UnaryRoute } from './grpc-unary.js';
-import { H2Session, type H2Stream } from './h2-session.js';
+import { methodCodec } from './codec.js';
+import { asBuffer } from './fast-encode.js';
+import { GRPC_UNARY, isGrpc, NOT_GRPC } from './grpc-unary.js';
+import {
+  H2Session,
+  type H2Stream,
+  KEEPALIVE_TIME_MS,
+  KEEPALIVE_TIMEOUT_MS,
+  keepAlive,
+} from './h2-session.js';
 import { addReflection } from './reflection.js';
 import { Relay } from './relay.js';
 import { failure, toGrpcError } from './status.js';
 import type { CallContext, Listener, ListenerOptions, ServiceBinding } from './types.js';
+import { serveUnary, unaryRoutes } from './unary.js';
 
 const ignore = (): void => {};
 
@@ -50,9 +49,6 @@ export const detachOnClose: ServerInterceptor = (_method, call) => {
   return call as ServerInterceptingCall;
 };
 
-const KEEPALIVE_TIME_MS = 60_000;
-const KEEPALIVE_TIMEOUT_MS = 20_000;
-
 /**
  * channelz bookkeeping costs on every call and nobody reads it here. Server keepalive pings find
  * dead client connections (a vanished Envoy) without waiting for the OS.
@@ -71,20 +67,15 @@ export const grpcServiceDefinition = (service: DescService): ServiceDefinition =
     if (m.methodKind !== 'unary' && m.methodKind !== 'server_streaming') {
       throw new Error(`${service.typeName}/${m.name}: ${m.methodKind} methods are not supported`);
     }
-    // The hot path's messages (RateLimitRequest, RateLimitResponse) are read and written by hand; the rest
-    // go through fromBinary / toBinary.
-    const decode = fastDecoderFor(m.input) ?? ((buf: Buffer) => fromBinary(m.input, buf));
-    const encode = fastEncoderFor(m.output) ?? ((msg: Message) => asBuffer(toBinary(m.output, msg)));
+    const codec = methodCodec(m);
     def[m.localName] = {
       path: `/${service.typeName}/${m.name}`,
       requestStream: false,
       responseStream: m.methodKind === 'server_streaming',
       originalName: m.localName,
       requestSerialize: (msg) => asBuffer(toBinary(m.input, msg as Message)),
-      requestDeserialize: decode,
-      // Handlers may answer with an init shape (as Connect allows): complete it into a message.
-      responseSerialize: (msg) =>
-        encode(isMessage(msg, m.output) ? msg : create(m.output, msg as Record<string, unknown>)),
+      requestDeserialize: codec.decode,
+      responseSerialize: codec.encode,
       responseDeserialize: (buf) => fromBinary(m.output, buf),
     };
   }
@@ -128,17 +119,6 @@ class GrpcCallContext implements CallContext {
   }
 }
 
-/** HTTP/2 keepalive: a session that does not answer a ping in time is cut (a vanished Envoy). */
-const keepAlive = (session: H2Session): NodeJS.Timeout =>
-  setInterval(() => {
-    const deadline = setTimeout(() => session.destroy(), KEEPALIVE_TIMEOUT_MS).unref();
-    const sent = session.ping((ok) => {
-      clearTimeout(deadline);
-      if (!ok) session.destroy();
-    });
-    if (!sent) clearTimeout(deadline);
-  }, KEEPALIVE_TIME_MS).unref();
-
 /**
  * The gRPC port, on our own HTTP/2 layer (h2-session.ts). Unary methods are answered on it directly
  * (grpc-js's per-call machinery halved the empty server's rate here: 35–39k vs 12–20k calls/s with
@@ -150,7 +130,7 @@ export const startGrpc = async (opts: ListenerOptions): Promise<Listener> => {
   const { log } = opts;
   const inner = new Server(SERVER_OPTIONS);
   const streams = new Set<GrpcCallContext>();
-  const routes = new Map<string, UnaryRoute>();
+  const routes = unaryRoutes(opts.bindings);
 
   const streaming =
     (binding: ServiceBinding, m: DescMethod) =>
@@ -183,19 +163,9 @@ export const startGrpc = async (opts: ListenerOptions): Promise<Listener> => {
     const impl: UntypedServiceImplementation = {};
     const def = grpcServiceDefinition(binding.service);
     for (const m of binding.service.methods) {
-      if (!binding.impl[m.localName]) continue;
-      if (m.methodKind === 'server_streaming') {
+      if (binding.impl[m.localName] && m.methodKind === 'server_streaming') {
         impl[m.localName] = streaming(binding, m);
-        continue;
       }
-      const d = def[m.localName]!;
-      routes.set(d.path, {
-        binding,
-        method: m,
-        path: d.path,
-        decode: d.requestDeserialize as UnaryRoute['decode'],
-        encode: d.responseSerialize as UnaryRoute['encode'],
-      });
     }
     inner.addService(def, impl);
   }
@@ -210,8 +180,9 @@ export const startGrpc = async (opts: ListenerOptions): Promise<Listener> => {
   const sessions = new Set<H2Session>();
   const onStream = (stream: H2Stream): void => {
     const route = routes.get((stream.headers[':path'] as string | undefined) ?? '');
-    if (route) serveUnary(route, stream, log);
-    else relay.pass(stream);
+    if (!route) relay.pass(stream);
+    else if (isGrpc(stream.headers)) serveUnary(route, stream, GRPC_UNARY, log);
+    else stream.respond(NOT_GRPC, true);
   };
   const server = createServer((socket) => {
     let pings: NodeJS.Timeout | undefined;

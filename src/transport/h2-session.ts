@@ -145,16 +145,17 @@ export class H2Stream {
   }
 
   /**
-   * A whole answer — header block, one body, trailers — as one buffer of three frames when the windows
-   * and the peer's frame size let the body go at once (a unary call's answer); else respond() and end().
+   * A whole answer — header block, one body, trailers if any — as one buffer of its frames when the
+   * windows and the peer's frame size let the body go at once (a unary call's answer); else respond()
+   * and end(). Without trailers the body's DATA frame ends the stream (a Connect unary answer).
    */
-  answer(headers: Buffer, body: Buffer, trailers: Buffer): void {
+  answer(headers: Buffer, body: Buffer, trailers?: Buffer): void {
     if (this.closed || this.headersSent || this.pendingEnd !== undefined) return;
     const session = this.session;
     const max = session.peerMaxFrame;
     if (
       headers.length > max ||
-      trailers.length > max ||
+      (trailers !== undefined && trailers.length > max) ||
       body.length > Math.min(max, this.sendWindow) ||
       !session.spend(body.length)
     ) {
@@ -164,13 +165,17 @@ export class H2Stream {
     }
     this.headersSent = true;
     this.sendWindow -= body.length;
-    const out = Buffer.allocUnsafe(3 * FRAME_HEADER + headers.length + body.length + trailers.length);
+    const out = Buffer.allocUnsafe(
+      (trailers ? 3 : 2) * FRAME_HEADER + headers.length + body.length + (trailers?.length ?? 0),
+    );
     let at = writeFrameHeader(out, 0, headers.length, HEADERS, END_HEADERS, this.id);
     at += headers.copy(out, at);
-    at = writeFrameHeader(out, at, body.length, DATA, 0, this.id);
+    at = writeFrameHeader(out, at, body.length, DATA, trailers ? 0 : END_STREAM, this.id);
     at += body.copy(out, at);
-    at = writeFrameHeader(out, at, trailers.length, HEADERS, END_HEADERS | END_STREAM, this.id);
-    trailers.copy(out, at);
+    if (trailers) {
+      at = writeFrameHeader(out, at, trailers.length, HEADERS, END_HEADERS | END_STREAM, this.id);
+      trailers.copy(out, at);
+    }
     session.queue(out);
     session.localEnd(this);
   }
@@ -850,3 +855,18 @@ export class H2Session {
     this.#endIfIdle();
   }
 }
+
+/** Server keepalive pings find dead client connections (a vanished Envoy) without waiting for the OS. */
+export const KEEPALIVE_TIME_MS = 60_000;
+export const KEEPALIVE_TIMEOUT_MS = 20_000;
+
+/** HTTP/2 keepalive: a session that does not answer a ping in time is cut. */
+export const keepAlive = (session: H2Session): NodeJS.Timeout =>
+  setInterval(() => {
+    const deadline = setTimeout(() => session.destroy(), KEEPALIVE_TIMEOUT_MS).unref();
+    const sent = session.ping((ok) => {
+      clearTimeout(deadline);
+      if (!ok) session.destroy();
+    });
+    if (!sent) clearTimeout(deadline);
+  }, KEEPALIVE_TIME_MS).unref();

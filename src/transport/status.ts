@@ -17,10 +17,14 @@ const CODES: Record<ErrorCode, Code> = {
   INTERNAL: Code.Internal,
 };
 
-/** What a failed call answers: known errors keep their message, anything else is INTERNAL without detail. */
-export interface WireError {
+/** How a call ends when it does not end with an answer. */
+export interface WireStatus {
   code: Code;
   message: string;
+}
+
+/** What a failed call answers: known errors keep their message, anything else is INTERNAL without detail. */
+export interface WireError extends WireStatus {
   /** false for unexpected errors, which the transport logs with their stack. */
   expected: boolean;
 }

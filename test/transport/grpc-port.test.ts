@@ -143,6 +143,22 @@ describe('unary calls on the HTTP/2 port', () => {
     expect(seen.at(-1)?.headers.get('x-envoy-internal')).toBe('true');
   });
 
+  it('a deadline past setTimeout’s range does not end the call early', async () => {
+    const s = session.request({ ':method': 'POST', ':path': PATH, ...GRPC, 'grpc-timeout': '99999999H' });
+    let answered = false;
+    s.on('response', () => {
+      answered = true;
+    });
+    s.on('error', () => {});
+    s.end(rlsRequest('hold'));
+    await vi.waitFor(() => expect(seen.at(-1)?.domain).toBe('hold'));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(answered).toBe(false);
+    const before = aborted;
+    s.close(8);
+    await vi.waitFor(() => expect(aborted).toBe(before + 1));
+  });
+
   it('reads a gzip-compressed request', async () => {
     const msg = toBinary(RateLimitRequestSchema, create(RateLimitRequestSchema, { domain: 'zipped' }));
     const z = gzipSync(msg);
