@@ -19,12 +19,17 @@ import { bucketIndex, leaveMs, msUntilLeave } from './window.js';
 
 const B = WINDOW_BUCKETS;
 
-/** A window's non-empty buckets, ascending: b = [index, count, index, count, …], live from offset h. */
+/**
+ * A window's non-empty buckets, ascending: b = [index, count, index, count, …], live from offset h.
+ * Its key is the one name reservations keep: each request builds its keys anew, and a reservation
+ * holding those would keep a copy of every name per request for the whole lease.
+ */
 class Win {
   b: number[] = [];
   h = 0;
   total = 0;
   dropAt = 0;
+  constructor(readonly key: string) {}
 }
 
 interface Counter {
@@ -252,40 +257,57 @@ export class MemoryStore implements LimiterStore {
       }
     }
 
+    /** Whether op i is applied: every op of an admitted atomic decision, else each that fits (or is shadow). */
+    const applied = (i: number): boolean => {
+      const op = ops[i]!;
+      return atomic ? admitted : fits[i] || (op.kind === 'window' && op.shadow === true);
+    };
     const record = !dry && d.reservation !== undefined && (admitted || !atomic);
-    const res: Res | undefined = record
-      ? {
-          requestId: rid!,
-          t: now,
-          windowKeys: [],
-          amounts: [],
-          slotKeys: [],
-          freed: false,
-          dropAt: now + d.reservation!.ttlMs,
-        }
-      : undefined;
-    if (!dry) {
+    let res: Res | undefined;
+    if (record) {
+      // Arrays of their exact length: a record may live for the whole lease (10 min by default), and
+      // arrays grown by push keep room for 17.
+      let windows = 0;
+      let slots = 0;
       for (let i = 0; i < n; i++) {
         const op = ops[i]!;
-        const shadow = op.kind === 'window' && op.shadow === true;
-        if (atomic ? !admitted : !(fits[i] || shadow)) continue;
+        if (!applied(i)) continue;
+        if (op.kind === 'window' && op.reserve !== false) windows++;
+        else if (op.kind === 'slot') slots++;
+      }
+      res = {
+        requestId: rid!,
+        t: now,
+        windowKeys: new Array<string>(windows),
+        amounts: new Array<number>(windows),
+        slotKeys: new Array<string>(slots),
+        freed: false,
+        dropAt: now + d.reservation!.ttlMs,
+      };
+    }
+    if (!dry) {
+      let windows = 0;
+      let slots = 0;
+      for (let i = 0; i < n; i++) {
+        const op = ops[i]!;
+        if (!applied(i)) continue;
         if (op.kind === 'window') {
           if (op.cost > 0) this.count(op.key, op.windowMs, op.cost, now);
           if (res && op.reserve !== false) {
-            res.windowKeys.push(op.key);
-            res.amounts.push(op.cost);
+            res.windowKeys[windows] = this.window(op.key).key;
+            res.amounts[windows++] = op.cost;
           }
         } else if (op.kind === 'slot') {
           let s = this.slots.get(op.key);
           if (!s) {
-            s = new SlotSet();
+            s = new SlotSet(op.key);
             this.slots.set(op.key, s);
           }
           const exp = now + op.leaseMs;
           s.lease(rid!, exp, now);
           // Kept one lease past the last expiry so a later check still counts the expiry.
           s.dropAt = Math.max(s.dropAt, exp + op.leaseMs);
-          res?.slotKeys.push(op.key);
+          if (res) res.slotKeys[slots++] = s.key;
         }
       }
     }
@@ -326,11 +348,7 @@ export class MemoryStore implements LimiterStore {
     for (const spec of s.windows) {
       const i = bucketIndex(now, spec.windowMs);
       if (!duplicate) {
-        let w = this.windows.get(spec.key);
-        if (!w) {
-          w = new Win();
-          this.windows.set(spec.key, w);
-        }
+        const w = this.window(spec.key);
         trim(w, i - B);
         const r = res ? res.windowKeys.indexOf(spec.key) : -1;
         const admittedAt = r >= 0 ? bucketIndex(res!.t, spec.windowMs) : -1;
@@ -381,12 +399,18 @@ export class MemoryStore implements LimiterStore {
     return { duplicate, reserved: res !== undefined, windows, counters, nowMs: now };
   }
 
-  private count(key: string, windowMs: number, amount: number, now: number): void {
+  /** The window of key, made empty if there is none (the sweep drops it again while it stays empty). */
+  private window(key: string): Win {
     let w = this.windows.get(key);
     if (!w) {
-      w = new Win();
+      w = new Win(key);
       this.windows.set(key, w);
     }
+    return w;
+  }
+
+  private count(key: string, windowMs: number, amount: number, now: number): void {
+    const w = this.window(key);
     const i = bucketIndex(now, windowMs);
     trim(w, i - B);
     add(w, i, amount, windowMs);

@@ -103,6 +103,9 @@ export interface SlotFigures {
 }
 
 export class SlotSet {
+  /** The set's store key, the one copy reservations keep (see memory.ts's Win). */
+  constructor(readonly key = '') {}
+
   /** Until then the set must be kept: one lease past the last expiry, so a later check counts it. */
   dropAt = 0;
   private readonly leases = new Map<string, Lease>();

@@ -46,6 +46,35 @@ describe('memory store bounds', () => {
     await store.close();
   });
 
+  it('an admitted request held for its lease costs under 1 KB: its record shares the store’s key names', async () => {
+    const t = 1_700_000_000_000;
+    const store = new MemoryStore({ now: () => t, sweepIntervalMs: 0 });
+    const n = 100_000;
+    const account = 'h:8e1cb485d6146c5e8387bcbecf025a081335d5794d026b414ae61d4804a61996';
+    // Built anew for every request, as the policy builds them: equal names, distinct strings.
+    const name = (suffix: string): string => `{a:${account}}:m:some-model:${suffix}`;
+    const before = heapAfterGc();
+    for (let i = 0; i < n; i++) {
+      const rid = `0b6ad2c4-1f0e-4b8e-9d3a-${String(i).padStart(12, '0')}`;
+      const r = await store.decide({
+        ops: [
+          { kind: 'window', key: name('req:60000'), limit: 1e9, windowMs: 60_000, cost: 1, reserve: false },
+          { kind: 'window', key: name('tok:60000'), limit: 1e9, windowMs: 60_000, cost: 512 },
+          { kind: 'window', key: name('in:60000'), limit: 1e9, windowMs: 60_000, cost: 0 },
+          { kind: 'window', key: name('out:60000'), limit: 1e9, windowMs: 60_000, cost: 0 },
+          { kind: 'slot', key: name('conc'), limit: 1e9, leaseMs: 600_000 },
+        ],
+        atomic: true,
+        reservation: { requestId: rid, key: `{a:${account}}:res:${rid}`, ttlMs: 600_000 },
+      });
+      if (!r.admitted) throw new Error('unexpected denial');
+    }
+    const perRequest = (heapAfterGc() - before) / n;
+    expect(perRequest).toBeGreaterThan(100);
+    expect(perRequest).toBeLessThan(1024);
+    await store.close();
+  });
+
   it('sweeps only what has expired, on its own timer too', async () => {
     let t = 1_700_000_000_000;
     const store = new MemoryStore({ now: () => t, sweepIntervalMs: 0 });
