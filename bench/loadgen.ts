@@ -16,12 +16,16 @@ import {
   RateLimitResponseSchema,
   RateLimitService,
 } from '../gen/envoy/service/ratelimit/v3/rls_pb.js';
-import { buildRequests, type RequestShape, SERVICE_PATH } from './requests.js';
+import { type Done, FrameConnection } from './h2frames.js';
+import { buildRequests, grpcFrame, type RequestShape, SERVICE_PATH } from './requests.js';
 import { Latencies, type LatencySummary } from './stats.js';
 
 export interface LoadSpec {
-  /** grpc: host:port; connect: base URL; redis: redis URL (calls `command` as is). */
-  target: 'grpc' | 'connect' | 'redis';
+  /**
+   * grpc (grpc-js) and frames (pre-encoded HTTP/2 frames, h2frames.ts): host:port; connect: base URL;
+   * redis: redis URL (calls `command` as is).
+   */
+  target: 'grpc' | 'frames' | 'connect' | 'redis';
   address: string;
   connections: number;
   concurrency: number;
@@ -52,7 +56,6 @@ export type LoadMessage =
   | { type: 'measured' }
   | { type: 'result'; result: LoadResult };
 
-type Done = (err: string | null, overLimit: boolean) => void;
 type Call = (seq: number, worker: number, done: Done) => void;
 
 const grpcCaller = (spec: LoadSpec, reqs: RateLimitRequest[]): { call: Call; close: () => void } => {
@@ -96,6 +99,27 @@ const grpcCaller = (spec: LoadSpec, reqs: RateLimitRequest[]): { call: Call; clo
   };
 };
 
+const frameCaller = (spec: LoadSpec, reqs: RateLimitRequest[]): { call: Call; close: () => void } => {
+  const messages = reqs.map(grpcFrame);
+  const largest = Math.max(...messages.map((m) => m.length));
+  const at = spec.address.lastIndexOf(':');
+  const host = spec.address.slice(0, at);
+  const port = Number(spec.address.slice(at + 1));
+  const perConnection = Math.ceil(spec.concurrency / spec.connections);
+  const conns = Array.from(
+    { length: spec.connections },
+    () => new FrameConnection(host, port, SERVICE_PATH, perConnection * largest),
+  );
+  const call: Call = (seq, worker, done) =>
+    conns[worker % conns.length]!.call(messages[seq % messages.length]!, done);
+  return {
+    call,
+    close: () => {
+      for (const c of conns) c.close();
+    },
+  };
+};
+
 const connectCaller = (spec: LoadSpec, reqs: RateLimitRequest[]): { call: Call; close: () => void } => {
   const clients = Array.from({ length: spec.connections }, () =>
     createClient(
@@ -113,7 +137,7 @@ const connectCaller = (spec: LoadSpec, reqs: RateLimitRequest[]): { call: Call; 
   return { call, close: () => undefined };
 };
 
-const redisCaller = (spec: LoadSpec): { call: Call; close: () => void } => {
+const redisCaller = (spec: LoadSpec, _reqs: RateLimitRequest[]): { call: Call; close: () => void } => {
   const [name, ...args] = spec.command ?? [];
   if (!name) throw new Error('redis target needs a command');
   // The same client options that matter to the RedisStore's round trips: one connection, auto-pipelined.
@@ -134,12 +158,8 @@ const send = (m: LoadMessage) => process.send?.(m);
 
 export const runLoad = async (spec: LoadSpec): Promise<LoadResult> => {
   const reqs = spec.shape ? buildRequests(spec.shape) : [];
-  const { call, close } =
-    spec.target === 'grpc'
-      ? grpcCaller(spec, reqs)
-      : spec.target === 'connect'
-        ? connectCaller(spec, reqs)
-        : redisCaller(spec);
+  const callers = { grpc: grpcCaller, frames: frameCaller, connect: connectCaller, redis: redisCaller };
+  const { call, close } = callers[spec.target](spec, reqs);
 
   const lat = new Latencies();
   const errors: Record<string, number> = {};

@@ -194,7 +194,7 @@ const SCENARIOS: Record<string, Scenario> = {
   },
 };
 
-export type Driver = 'grpc-js' | 'connect-node' | 'h2load' | 'ioredis' | 'redis-benchmark';
+export type Driver = 'grpc-js' | 'connect-node' | 'h2load' | 'h2frames' | 'ioredis' | 'redis-benchmark';
 
 /**
  * peak: closed loop at --concurrency; paced: open loop at half of peak; half: closed loop with the
@@ -463,7 +463,20 @@ const EMPTY_REQ = buildRequests(EMPTY_SHAPE)[0] as RateLimitRequest;
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
 
-/** One pass from the grpc-js / connect-node load generator, with the server and Redis sampled over its window. */
+/**
+ * How the Node load generator drives a pass: closed loop at --concurrency (peak), paced at `rate`, or
+ * closed loop with `inFlight` calls (half); with grpc-js (connect-node on the HTTP port) or, with
+ * `frames`, pre-encoded HTTP/2 frames (h2frames.ts).
+ */
+interface NodeLoad {
+  rate?: number;
+  inFlight?: number;
+  frames?: boolean;
+  monitor?: (s: MonitorSample) => void;
+  sample?: MonitorSample;
+}
+
+/** One pass from the Node load generator, with the server and Redis sampled over its window. */
 const nodePass = async (
   ctx: Ctx,
   id: string,
@@ -472,11 +485,10 @@ const nodePass = async (
   redis: BenchRedis | undefined,
   shape: RequestShape,
   via: 'grpc' | 'http',
-  rate?: number,
-  monitor?: (s: MonitorSample) => void,
-  sample?: MonitorSample,
+  load: NodeLoad = {},
 ): Promise<Pass> => {
   const { o } = ctx;
+  const { rate, inFlight, frames, monitor, sample } = load;
   let w0: Window | undefined;
   let w1: Window | undefined;
   let monitorDone: Promise<void> = Promise.resolve();
@@ -501,10 +513,10 @@ const nodePass = async (
     );
   };
   const spec: LoadSpec = {
-    target: via === 'grpc' ? 'grpc' : 'connect',
+    target: via === 'http' ? 'connect' : frames ? 'frames' : 'grpc',
     address: via === 'grpc' ? target.grpc : (target.http ?? ''),
     connections: o.connections,
-    concurrency: rate ? o.concurrency * 4 : o.concurrency,
+    concurrency: inFlight ?? (rate ? o.concurrency * 4 : o.concurrency),
     warmupS: o.warmupS,
     durationS: o.durationS,
     shape,
@@ -521,9 +533,10 @@ const nodePass = async (
   return finishPass(ctx, {
     id,
     title,
-    driver: via === 'grpc' ? 'grpc-js' : 'connect-node',
-    mode: rate ? 'paced' : 'peak',
+    driver: via === 'http' ? 'connect-node' : frames ? 'h2frames' : 'grpc-js',
+    mode: inFlight ? 'half' : rate ? 'paced' : 'peak',
     ...(rate ? { targetRate: rate } : {}),
+    ...(inFlight ? { inFlight, connections: o.connections } : {}),
     result: { ...r },
     m,
     target,
@@ -728,6 +741,45 @@ const halfLoadPass = async (
   ctx.passes.push(await h2Pass(ctx, id, title, target, redis, req, via, { mode: 'half', streams }, sample));
 };
 
+/**
+ * halfLoadPass for shapes h2load cannot post (many distinct requests): the same search for the fewest
+ * calls in flight on the peak's connections, driven by pre-encoded frames.
+ */
+const framesHalfPass = async (
+  ctx: Ctx,
+  id: string,
+  title: string,
+  target: Target,
+  redis: BenchRedis | undefined,
+  shape: RequestShape,
+  sample?: MonitorSample,
+): Promise<void> => {
+  const half = peakOf(ctx.passes, id) / 2;
+  if (half <= 0) return;
+  const { o } = ctx;
+  let streams = 1;
+  const most = h2Shape(o, { mode: 'peak' }).streams;
+  for (; streams < most; streams = Math.max(streams + 1, Math.round(streams * 1.25))) {
+    const probe = await runLoadgen(
+      {
+        target: 'frames',
+        address: target.grpc,
+        connections: o.connections,
+        concurrency: streams * o.connections,
+        warmupS: 1,
+        durationS: 2,
+        shape,
+      },
+      () => undefined,
+    );
+    if (probe.rate >= half) break;
+  }
+  const inFlight = streams * o.connections;
+  ctx.passes.push(
+    await nodePass(ctx, id, title, target, redis, shape, 'grpc', { frames: true, inFlight, sample }),
+  );
+};
+
 /** The script ceiling: the decision's own EVALSHA, replayed pipelined with no server in between. */
 const scriptCeiling = async (
   ctx: Ctx,
@@ -806,7 +858,10 @@ const scriptCeiling = async (
 const peakOf = (passes: Pass[], scenario: string): number =>
   Math.max(0, ...passes.filter((p) => p.scenario === scenario && p.mode === 'peak').map((p) => p.rate));
 
-/** Paced pass at half the scenario's best peak: h2load when it can carry the shape, else the Node generator. */
+/**
+ * Paced pass at half the scenario's best peak: h2load when it can carry the shape, else the Node
+ * generator's pre-encoded frames (grpc-js could not reach half of a server-bound peak).
+ */
 const pacedPass = async (
   ctx: Ctx,
   id: string,
@@ -823,7 +878,10 @@ const pacedPass = async (
   const req = buildRequests(shape)[0] as RateLimitRequest;
   if (ctx.h2load && fixed)
     ctx.passes.push(await h2Pass(ctx, id, title, target, redis, req, via, { mode: 'paced', rate }, sample));
-  else ctx.passes.push(await nodePass(ctx, id, title, target, redis, shape, via, rate, undefined, sample));
+  else
+    ctx.passes.push(
+      await nodePass(ctx, id, title, target, redis, shape, via, { rate, frames: !fixed, sample }),
+    );
 };
 
 const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: BenchRedis | undefined) => {
@@ -848,11 +906,14 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
   let sample: MonitorSample | undefined;
   try {
     ctx.passes.push(
-      await nodePass(ctx, id, s.title, target, usesRedis, shape, s.port, undefined, (m) => {
-        sample = m;
+      await nodePass(ctx, id, s.title, target, usesRedis, shape, s.port, {
+        monitor: (m) => {
+          sample = m;
+        },
       }),
     );
-    // h2load repeats one body: scenario d's many keys cannot be expressed, and (c) already is that.
+    // h2load repeats one body: scenario d's many keys cannot be expressed, and (c) already is that;
+    // d gets the Node generator's pre-encoded frames instead, bracketed by the empty server's.
     const fixed = shape.kind === 'generic' || shape.keys === 1;
     if (ctx.h2load && fixed) {
       const before = await emptyH2Peak(ctx, 'ceiling next to a scenario');
@@ -860,9 +921,19 @@ const runScenario = async (ctx: Ctx, id: string, configDir: string, redis: Bench
       peak.emptyNearby = [before.rate, (await emptyH2Peak(ctx, 'ceiling next to a scenario')).rate];
       ctx.passes.push(peak);
     }
+    if (!fixed) {
+      const before = await emptyFramesPeak(ctx);
+      const peak = await nodePass(ctx, id, s.title, target, usesRedis, shape, s.port, {
+        frames: true,
+        sample,
+      });
+      peak.emptyNearby = [before.rate, (await emptyFramesPeak(ctx)).rate];
+      ctx.passes.push(peak);
+    }
     if (ctx.o.paced) {
       await pacedPass(ctx, id, s.title, target, usesRedis, shape, s.port, fixed, sample);
       if (ctx.h2load && fixed) await halfLoadPass(ctx, id, s.title, target, usesRedis, req, s.port, sample);
+      else if (!fixed) await framesHalfPass(ctx, id, s.title, target, usesRedis, shape, sample);
     }
   } finally {
     await retire(ctx.passes, target, id);
@@ -881,6 +952,12 @@ const retire = async (passes: Pass[], target: Target, id: string): Promise<void>
   for (const p of passes) if (p.scenario === id) p.peakRssMb = rss;
   await target.stop();
 };
+
+/** The empty server's peak pass with pre-encoded frames (the ceiling for that driver's passes). */
+const emptyFramesPeak = (ctx: Ctx): Promise<Pass> =>
+  nodePass(ctx, 'empty', 'ceiling next to a scenario', ctx.empty, undefined, EMPTY_SHAPE, 'grpc', {
+    frames: true,
+  });
 
 /** The empty server's h2load peak pass. */
 const emptyH2Peak = (ctx: Ctx, title: string): Promise<Pass> =>
