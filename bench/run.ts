@@ -722,23 +722,37 @@ const halfLoadPass = async (
   via: 'grpc' | 'http',
   sample?: MonitorSample,
 ): Promise<void> => {
-  const half = peakOf(ctx.passes, id) / 2;
-  if (half <= 0) return;
-  // Steps of about 1.25× (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 19, 24, 30, …): latency in a closed loop grows
-  // with the calls in flight, so a coarse step measured up to 1.5× the load half of peak needs.
-  let streams = 1;
-  const most = h2Shape(ctx.o, { mode: 'peak' }).streams;
-  for (; streams < most; streams = Math.max(streams + 1, Math.round(streams * 1.25))) {
-    const probe = await runH2load({
+  const streams = await halfLoadStreams(ctx, id, (s) =>
+    runH2load({
       ...h2Target(target, req, via),
-      ...h2Shape(ctx.o, { mode: 'half', streams }),
+      ...h2Shape(ctx.o, { mode: 'half', streams: s }),
       warmupS: 1,
       durationS: 2,
       dir: ctx.dir,
-    });
-    if (probe.rate >= half) break;
-  }
+    }),
+  );
+  if (streams === undefined) return;
   ctx.passes.push(await h2Pass(ctx, id, title, target, redis, req, via, { mode: 'half', streams }, sample));
+};
+
+/**
+ * The fewest streams per connection whose 2-second probe reaches half the scenario's best peak, in steps
+ * of about 1.25× (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 19, 24, 30, …): latency in a closed loop grows with the
+ * calls in flight, so a coarse step measured up to 1.5× the load half of peak needs. Undefined without a peak.
+ */
+const halfLoadStreams = async (
+  ctx: Ctx,
+  id: string,
+  probe: (streams: number) => Promise<{ rate: number }>,
+): Promise<number | undefined> => {
+  const half = peakOf(ctx.passes, id) / 2;
+  if (half <= 0) return undefined;
+  let streams = 1;
+  const most = h2Shape(ctx.o, { mode: 'peak' }).streams;
+  for (; streams < most; streams = Math.max(streams + 1, Math.round(streams * 1.25))) {
+    if ((await probe(streams)).rate >= half) break;
+  }
+  return streams;
 };
 
 /**
@@ -754,26 +768,22 @@ const framesHalfPass = async (
   shape: RequestShape,
   sample?: MonitorSample,
 ): Promise<void> => {
-  const half = peakOf(ctx.passes, id) / 2;
-  if (half <= 0) return;
   const { o } = ctx;
-  let streams = 1;
-  const most = h2Shape(o, { mode: 'peak' }).streams;
-  for (; streams < most; streams = Math.max(streams + 1, Math.round(streams * 1.25))) {
-    const probe = await runLoadgen(
+  const streams = await halfLoadStreams(ctx, id, (s) =>
+    runLoadgen(
       {
         target: 'frames',
         address: target.grpc,
         connections: o.connections,
-        concurrency: streams * o.connections,
+        concurrency: s * o.connections,
         warmupS: 1,
         durationS: 2,
         shape,
       },
       () => undefined,
-    );
-    if (probe.rate >= half) break;
-  }
+    ),
+  );
+  if (streams === undefined) return;
   const inFlight = streams * o.connections;
   ctx.passes.push(
     await nodePass(ctx, id, title, target, redis, shape, 'grpc', { frames: true, inFlight, sample }),

@@ -2,7 +2,7 @@
  * The load generator's pre-encoded-frame client against real servers over a socket: our gRPC port and
  * a grpc-js server (node:http2, whose HPACK encoder indexes into the dynamic table).
  */
-import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { create } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FrameConnection } from '../../bench/h2frames.js';
@@ -17,7 +17,7 @@ import {
 } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
 import { RkError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
-import { startGrpc } from '../../src/transport/grpc.js';
+import { grpcServiceDefinition, startGrpc } from '../../src/transport/grpc.js';
 import { Health } from '../../src/transport/health.js';
 import type { Listener } from '../../src/transport/types.js';
 
@@ -43,31 +43,18 @@ beforeAll(async () => {
     port: 0,
   });
   theirs = new grpc.Server();
-  theirs.addService(
-    {
-      shouldRateLimit: {
-        path: SERVICE_PATH,
-        requestStream: false,
-        responseStream: false,
-        requestSerialize: (m: RateLimitRequest) => Buffer.from(toBinary(RateLimitRequestSchema, m)),
-        requestDeserialize: (b: Buffer) => fromBinary(RateLimitRequestSchema, b),
-        responseSerialize: (m: RateLimitResponse) => Buffer.from(toBinary(RateLimitResponseSchema, m)),
-        responseDeserialize: (b: Buffer) => fromBinary(RateLimitResponseSchema, b),
-      },
+  theirs.addService(grpcServiceDefinition(RateLimitService), {
+    shouldRateLimit: (
+      call: grpc.ServerUnaryCall<RateLimitRequest, RateLimitResponse>,
+      cb: grpc.sendUnaryData<RateLimitResponse>,
+    ) => {
+      try {
+        cb(null, answer(call.request));
+      } catch (err) {
+        cb({ code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message });
+      }
     },
-    {
-      shouldRateLimit: (
-        call: grpc.ServerUnaryCall<RateLimitRequest, RateLimitResponse>,
-        cb: grpc.sendUnaryData<RateLimitResponse>,
-      ) => {
-        try {
-          cb(null, answer(call.request));
-        } catch (err) {
-          cb({ code: grpc.status.INVALID_ARGUMENT, details: (err as Error).message });
-        }
-      },
-    },
-  );
+  });
   theirsPort = await new Promise<number>((resolve, reject) =>
     theirs.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, port) =>
       err ? reject(err) : resolve(port),

@@ -14,27 +14,12 @@ import { startGrpc } from '../../src/transport/grpc.js';
 import { Health } from '../../src/transport/health.js';
 import type { CallContext, Listener, ServiceBinding } from '../../src/transport/types.js';
 import { connectClient, type GrpcError, grpcClient } from '../harness/clients.js';
+import { recordingRls } from '../harness/recording-rls.js';
 
 /** What handlers saw of their calls, read while the call was live. */
-const seenContexts: { headers: Headers; peer: string }[] = [];
+const { binding: rls, seen: seenContexts } = recordingRls();
 let streamWaiting = 0;
 let streamAborted = 0;
-
-const rls: ServiceBinding = {
-  service: RateLimitService,
-  auth: (ctx) => {
-    if (ctx.headers.get('authorization') === 'Bearer wrong')
-      throw new RkError('UNAUTHENTICATED', 'bad token');
-  },
-  impl: {
-    shouldRateLimit: async (req: { domain: string }, ctx: CallContext) => {
-      seenContexts.push({ headers: ctx.headers, peer: ctx.peer });
-      if (req.domain === 'boom') throw new Error('secret internal detail');
-      if (req.domain === 'missing') throw new RkError('NOT_FOUND', 'no such thing');
-      return { overallCode: RateLimitResponse_Code.OK, statuses: [] };
-    },
-  },
-};
 
 /** WatchAlerts yields `account` alerts then, for "fail", an error; for "forever", waits for abort. */
 const report: ServiceBinding = {

@@ -15,41 +15,16 @@ import {
   RateLimitResponseSchema,
   RateLimitService,
 } from '../../gen/envoy/service/ratelimit/v3/rls_pb.js';
-import { RkError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { startHttp } from '../../src/transport/connect.js';
 import { READ_MAX_BYTES } from '../../src/transport/connect-unary.js';
 import { Health } from '../../src/transport/health.js';
-import type { CallContext, Listener, ServiceBinding } from '../../src/transport/types.js';
+import type { Listener } from '../../src/transport/types.js';
+import { recordingRls } from '../harness/recording-rls.js';
 
 const PATH = '/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit';
 
-/** What each handler saw; "hold" waits for its signal, "missing" and "boom" fail. */
-const seen: { domain: string; headers: Headers; peer: string }[] = [];
-let aborted = 0;
-const rls: ServiceBinding = {
-  service: RateLimitService,
-  auth: (ctx) => {
-    if (ctx.headers.get('authorization') === 'Bearer wrong')
-      throw new RkError('UNAUTHENTICATED', 'bad token');
-  },
-  impl: {
-    shouldRateLimit: async (req: { domain: string }, ctx: CallContext) => {
-      seen.push({ domain: req.domain, headers: ctx.headers, peer: ctx.peer });
-      if (req.domain === 'hold') {
-        await new Promise<void>((resolve) =>
-          ctx.signal.addEventListener('abort', () => resolve(), { once: true }),
-        );
-        aborted++;
-      }
-      if (req.domain === 'missing') throw new RkError('NOT_FOUND', 'no such thing');
-      if (req.domain === 'boom') throw new Error('secret internal detail');
-      return {
-        overallCode: req.domain === 'limited' ? RateLimitResponse_Code.OVER_LIMIT : RateLimitResponse_Code.OK,
-      };
-    },
-  },
-};
+const { binding: rls, seen, aborted } = recordingRls();
 
 let port: Listener;
 let url: string;
@@ -157,24 +132,24 @@ describe('Connect unary calls with binary bodies over h2c', () => {
   });
 
   it('a deadline that passes ends the call deadline_exceeded (504) and aborts the handler', async () => {
-    const before = aborted;
+    const before = aborted();
     const r = await post({ ...OURS, 'connect-timeout-ms': '30' }, message('hold'));
     expect(r.headers[':status']).toBe(504);
     expect(JSON.parse(r.body.toString())).toEqual({
       code: 'deadline_exceeded',
       message: 'deadline exceeded',
     });
-    await vi.waitFor(() => expect(aborted).toBe(before + 1));
+    await vi.waitFor(() => expect(aborted()).toBe(before + 1));
   });
 
   it('a client cancel aborts the handler', async () => {
-    const before = aborted;
+    const before = aborted();
     const s = session.request({ ':method': 'POST', ':path': PATH, ...OURS });
     s.on('error', () => {});
     s.end(message('hold'));
     await vi.waitFor(() => expect(seen.at(-1)?.domain).toBe('hold'));
     s.close(8);
-    await vi.waitFor(() => expect(aborted).toBe(before + 1));
+    await vi.waitFor(() => expect(aborted()).toBe(before + 1));
   });
 
   it('a malformed deadline is left to connect-node, which words it (invalid_argument, 400)', async () => {

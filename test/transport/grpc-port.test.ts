@@ -30,32 +30,14 @@ import {
   settingsFrame,
 } from '../../src/transport/h2-frames.js';
 import { Health } from '../../src/transport/health.js';
-import type { CallContext, Listener, ServiceBinding } from '../../src/transport/types.js';
+import type { Listener, ServiceBinding } from '../../src/transport/types.js';
 import { type GrpcError, grpcClient } from '../harness/clients.js';
 import { dataFrame, headersFrame, RawClient, request } from '../harness/raw-h2.js';
+import { recordingRls } from '../harness/recording-rls.js';
 
 const PATH = '/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit';
 
-/** Calls whose domain is "hold" wait for their signal; what each handler saw is kept. */
-const seen: { domain: string; headers: Headers; peer: string }[] = [];
-let aborted = 0;
-const rls: ServiceBinding = {
-  service: RateLimitService,
-  impl: {
-    shouldRateLimit: async (req: { domain: string }, ctx: CallContext) => {
-      seen.push({ domain: req.domain, headers: ctx.headers, peer: ctx.peer });
-      if (req.domain === 'hold') {
-        await new Promise<void>((resolve) =>
-          ctx.signal.addEventListener('abort', () => resolve(), { once: true }),
-        );
-        aborted++;
-      }
-      return {
-        overallCode: req.domain === 'limited' ? RateLimitResponse_Code.OVER_LIMIT : RateLimitResponse_Code.OK,
-      };
-    },
-  },
-};
+const { binding: rls, seen, aborted } = recordingRls();
 const report: ServiceBinding = {
   service: ReportService,
   impl: {
@@ -154,9 +136,9 @@ describe('unary calls on the HTTP/2 port', () => {
     await vi.waitFor(() => expect(seen.at(-1)?.domain).toBe('hold'));
     await new Promise((r) => setTimeout(r, 50));
     expect(answered).toBe(false);
-    const before = aborted;
+    const before = aborted();
     s.close(8);
-    await vi.waitFor(() => expect(aborted).toBe(before + 1));
+    await vi.waitFor(() => expect(aborted()).toBe(before + 1));
   });
 
   it('reads a gzip-compressed request', async () => {
@@ -236,25 +218,25 @@ describe('unary calls on the HTTP/2 port', () => {
 describe('with a grpc-js client', () => {
   it('ends a call past its deadline with DEADLINE_EXCEEDED and aborts the handler', async () => {
     const c = grpcClient(RateLimitService, `127.0.0.1:${port.port}`);
-    const before = aborted;
+    const before = aborted();
     const err = (await c
       .shouldRateLimit({ domain: 'hold' }, { deadlineMs: 50 })
       .catch((e) => e)) as GrpcError;
     expect(err.code).toBe(grpc.status.DEADLINE_EXCEEDED);
-    await vi.waitFor(() => expect(aborted).toBe(before + 1));
+    await vi.waitFor(() => expect(aborted()).toBe(before + 1));
     expect((await c.shouldRateLimit({ domain: 'after' })).overallCode).toBe(RateLimitResponse_Code.OK);
     c.close();
   });
 
   it('a client cancel aborts the handler signal', async () => {
     const c = grpcClient(RateLimitService, `127.0.0.1:${port.port}`);
-    const before = aborted;
+    const before = aborted();
     const ac = new AbortController();
     const call = c.shouldRateLimit({ domain: 'hold' }, { signal: ac.signal }).catch((e) => e);
     await vi.waitFor(() => expect(seen.at(-1)?.domain).toBe('hold'));
     ac.abort();
     expect(((await call) as GrpcError).code).toBe(grpc.status.CANCELLED);
-    await vi.waitFor(() => expect(aborted).toBe(before + 1));
+    await vi.waitFor(() => expect(aborted()).toBe(before + 1));
     c.close();
   });
 
