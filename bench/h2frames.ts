@@ -61,7 +61,9 @@ export class FrameConnection {
 
   constructor(host: string, port: number, path: string, maxInFlightBytes: number) {
     if (maxInFlightBytes > DEFAULT_WINDOW) {
-      throw new Error(`${maxInFlightBytes} bytes in flight would need the server's flow control`);
+      throw new Error(
+        `h2frames: ${maxInFlightBytes} bytes in flight on one connection would need the server's flow control (at most ${DEFAULT_WINDOW}): use more --connections or a lower --concurrency`,
+      );
     }
     this.#headers = encodeHeaders([
       [':method', 'POST'],
