@@ -98,7 +98,7 @@ local function decide(rid, f, at, ki)
           skip[i] = redis.call('ZRANGEBYSCORE', key[i], '-inf', now)
         end
       else
-        local freed = redis.call('ZRANGEBYSCORE', key[i], '-inf', now)
+        local freed = redis.call('ZRANGEBYSCORE', key[i], '-inf', int(now))
         if #freed > 0 then
           zrem_all(key[i], freed)
           zrem_all(hkey[i], freed)
@@ -161,9 +161,9 @@ local function decide(rid, f, at, ki)
           end
         elseif kind[i] == 's' then
           -- ZADD answers 1 for a new slot, 0 for a renewed lease.
-          pre[i] = pre[i] + redis.call('ZADD', key[i], now + p1[i], rid)
+          pre[i] = pre[i] + redis.call('ZADD', key[i], int(now + p1[i]), rid)
           -- A renewed lease keeps its first admission time.
-          redis.call('ZADD', hkey[i], 'NX', now, rid)
+          redis.call('ZADD', hkey[i], 'NX', int(now), rid)
           -- Kept at least one lease past the last expiry so a later check still counts the expiry.
           -- Extended to three leases once under two, so the (costly) PEXPIREs run once a lease, not
           -- per admission. The two sets are written together; the admission-time set is checked as
@@ -179,7 +179,7 @@ local function decide(rid, f, at, ki)
       end
     end
     if res then
-      redis.call('SET', KEYS[ki], cmsgpack.pack(res), 'PX', rttl)
+      redis.call('SET', KEYS[ki], cmsgpack.pack(res), 'PX', int(rttl))
     end
   end
 
@@ -204,7 +204,7 @@ local function decide(rid, f, at, ki)
         end
       end
       -- The latest lease; when it is not live, no slot is.
-      local last = redis.call('ZRANGE', key[i], -1, -1, 'WITHSCORES')
+      local last = redis.call('ZRANGE', key[i], '-1', '-1', 'WITHSCORES')
       local reset = 0
       if last[2] then
         reset = math.max(0, tonumber(last[2]) - now)
@@ -240,7 +240,7 @@ local function decide(rid, f, at, ki)
         end
       end
       local oldest = now
-      local top = redis.call('ZRANGE', hkey[i], 0, sk and #sk or 0, 'WITHSCORES')
+      local top = redis.call('ZRANGE', hkey[i], '0', sk and int(#sk) or '0', 'WITHSCORES')
       for k = 1, #top, 2 do
         if not skipped[top[k]] then
           oldest = tonumber(top[k + 1])

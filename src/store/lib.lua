@@ -5,6 +5,19 @@
 -- number concatenated into a string needs string.format('%.17g') (slow: avoid on the hot path).
 local B = 100
 
+-- A number as redis.call's argument. Redis 7.0 writes a Lua number with snprintf('%.17g'), glibc's
+-- slow path for doubles (number formatting was ~12% of Redis's time at (c)'s peak, by perf); an integer
+-- (bucket indices, counts, ms timestamps: all below 2^53) goes as '%d' text, the same digits by the
+-- integer path (an inference decision: 44.6 -> 42.4 µs of Redis, 3 alternated pairs). Anything else is
+-- left to Redis, as before.
+local fmt = string.format
+local function int(x)
+  if x % 1 == 0 then
+    return fmt('%d', x)
+  end
+  return x
+end
+
 -- Redis TIME (one clock for every instance) unless a test clock is given.
 local function clock(override)
   local o = tonumber(override)
@@ -30,7 +43,7 @@ end
 -- Drops buckets that left the counted range at bucket i. Returns total, oldest, newest (nil when
 -- empty) and the count of bucket i.
 local function wload(key, i)
-  local h = redis.call('HMGET', key, 's', 'o', 'n', i)
+  local h = redis.call('HMGET', key, 's', 'o', 'n', int(i))
   local s = tonumber(h[1])
   if not s then
     return 0, nil, nil, 0
@@ -59,7 +72,7 @@ local function wload(key, i)
       redis.call('HDEL', key, unpack(drop))
     end
     o = lo
-    redis.call('HSET', key, 's', s, 'o', o)
+    redis.call('HSET', key, 's', int(s), 'o', int(o))
   end
   return s, o, n, tonumber(h[4]) or 0
 end
@@ -74,7 +87,8 @@ local function wadd(key, j, amount, s, o, n, w, now, c)
     if amount < 0 then
       return s, o, n
     end
-    redis.call('HSET', key, j, amount, 's', amount, 'o', j, 'n', j)
+    local js = int(j)
+    redis.call('HSET', key, js, int(amount), 's', int(amount), 'o', js, 'n', js)
     redis.call('PEXPIRE', key, until_leave(j, w, now) + 1)
     return amount, j, j
   end
@@ -88,13 +102,15 @@ local function wadd(key, j, amount, s, o, n, w, now, c)
   s = s + v - c
   if j > n then
     n = j
-    redis.call('HSET', key, j, v, 's', s, 'n', n)
+    local js = int(j)
+    redis.call('HSET', key, js, int(v), 's', int(s), 'n', js)
     redis.call('PEXPIRE', key, until_leave(n, w, now) + 1)
   elseif j < o then
     o = j
-    redis.call('HSET', key, j, v, 's', s, 'o', o)
+    local js = int(j)
+    redis.call('HSET', key, js, int(v), 's', int(s), 'o', js)
   else
-    redis.call('HSET', key, j, v, 's', s)
+    redis.call('HSET', key, int(j), int(v), 's', int(s))
   end
   return s, o, n
 end
