@@ -51,9 +51,10 @@ const COLUMNS: [string, (p: Pass) => string][] = [
 
 /**
  * The issue's targets, judged on the server-bound figure (h2load when it ran, else the Node
- * generator's pre-encoded frames: grpc-js saturates first on this machine): (a) >= 70% of the empty server; (b), (c) at most one Redis call
- * per decision (decisions issued in one event-loop turn share it) and >= 50%; p99 < 2 ms at half of
- * peak (the closed-loop half-load pass; the open-loop paced pass is shown beside it).
+ * generator's pre-encoded frames: grpc-js saturates first on this machine): (a) >= 70% of the empty
+ * server; (b), (c) at most one Redis call per decision (decisions issued in one event-loop turn share
+ * it) and >= 50%; p99 < 2 ms at half of peak (the closed-loop half-load pass; the open-loop paced pass
+ * is shown beside it).
  */
 export const targets = (passes: Pass[]): string[] => {
   const lines: string[] = [];

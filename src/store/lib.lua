@@ -1,8 +1,8 @@
 -- Shared by every script (prepended at load). Mirrors src/store/window.ts and memory.ts.
 -- A window is a hash: s = units counted, o = oldest bucket that may be present, n = newest bucket,
--- and one field per non-empty bucket index. Numbers go to redis.call as numbers: it converts them
--- exactly (%.17g), while Lua's tostring and .. (%.14g) would round bucket indices and timestamps; a
--- number concatenated into a string needs string.format('%.17g') (slow: avoid on the hot path).
+-- and one field per non-empty bucket index. Numbers go to redis.call exactly: integers as int()'s text,
+-- anything else as Lua numbers (Redis writes them with %.17g), never through Lua's tostring or ..
+-- (%.14g), which would round bucket indices and timestamps.
 local B = 100
 
 -- A number as redis.call's argument. Redis 7.0 writes a Lua number with snprintf('%.17g'), glibc's
@@ -83,17 +83,18 @@ local function wadd(key, j, amount, s, o, n, w, now, c)
   if amount == 0 then
     return s, o, n
   end
+  local js = int(j)
   if not n then
     if amount < 0 then
       return s, o, n
     end
-    local js = int(j)
-    redis.call('HSET', key, js, int(amount), 's', int(amount), 'o', js, 'n', js)
+    local a = int(amount)
+    redis.call('HSET', key, js, a, 's', a, 'o', js, 'n', js)
     redis.call('PEXPIRE', key, until_leave(j, w, now) + 1)
     return amount, j, j
   end
   if c == nil then
-    c = tonumber(redis.call('HGET', key, j)) or 0
+    c = tonumber(redis.call('HGET', key, js)) or 0
   end
   local v = math.max(0, c + amount)
   if v == c then
@@ -102,15 +103,13 @@ local function wadd(key, j, amount, s, o, n, w, now, c)
   s = s + v - c
   if j > n then
     n = j
-    local js = int(j)
     redis.call('HSET', key, js, int(v), 's', int(s), 'n', js)
     redis.call('PEXPIRE', key, until_leave(n, w, now) + 1)
   elseif j < o then
     o = j
-    local js = int(j)
     redis.call('HSET', key, js, int(v), 's', int(s), 'o', js)
   else
-    redis.call('HSET', key, int(j), int(v), 's', int(s))
+    redis.call('HSET', key, js, int(v), 's', int(s))
   end
   return s, o, n
 end
